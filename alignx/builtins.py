@@ -1,0 +1,27 @@
+"""alignx's own registrations, loaded through the ``alignx.plugins`` entry point like any plugin."""
+
+from __future__ import annotations
+
+from alignx.registry import Registry
+
+
+def register(registry: Registry) -> None:
+    """Register the built-in objectives, tasks, dataset sources, models, adapters and rewards."""
+    from alignx.data.sources import SOURCES
+    from alignx.models.adapters import lora, no_adapter
+    from alignx.models.loading import build_hf, build_llama
+    from alignx.objectives.sft import SFT
+    from alignx.tasks import BUILTIN_TASKS
+
+    registry.register("objective", SFT.name, SFT)
+    for name, task in BUILTIN_TASKS.items():
+        registry.register("task", name, task)
+        # each task's gold reward is also a reward function under the task's name
+        registry.register("reward", name, task().gold_reward)
+    for name, loader in SOURCES.items():
+        registry.register("dataset", name, loader)
+    registry.register("model", "llama", build_llama)
+    registry.register("model", "hf", build_hf)
+    registry.register("adapter", "none", no_adapter)
+    registry.register("adapter", "lora", lora)
+    registry.register("adapter", "dora", lora)  # DoRA is LoRA with use_dora=true in its config

@@ -1,0 +1,179 @@
+"""Hydra glue: the config search path (alignx.conf entry points), composition and key checks."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import DictConfig, OmegaConf
+
+from alignx.errors import ConfigError
+from alignx.registry import conf_dirs
+
+PRIMARY_CONFIG = "train"
+
+
+class AlignxSearchPathPlugin(SearchPathPlugin):
+    """Appends every ``alignx.conf`` entry point's directory (alignx's own first) to Hydra's search path."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        existing = {p.path for p in search_path.get_path()}
+        for name, _dist, directory in conf_dirs():
+            path = directory.as_posix()
+            if path not in existing:
+                search_path.append(provider=f"alignx.conf:{name}", path=f"file://{path}")
+                existing.add(path)
+
+
+def register_search_path() -> None:
+    """Make Hydra (CLI or compose API) see the config packages of all installed plugins."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(AlignxSearchPathPlugin)
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Every config group (including nested ones like ``hydra/launcher`` is skipped) -> its options."""
+    groups: dict[str, set[str]] = {}
+    for _name, _dist, directory in conf_dirs():
+        for sub in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+            groups.setdefault(sub.name, set()).update(f.stem for f in sub.glob("*.yaml"))
+    return {g: sorted(opts) for g, opts in sorted(groups.items())}
+
+
+def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False) -> DictConfig:
+    """Compose the ``train`` config in-process (tests, notebooks) exactly as the CLI would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_search_path()
+    primary = conf_dirs()[0][2]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(primary), version_base="1.3"):
+        return hydra_compose(PRIMARY_CONFIG, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# -- schema checks -------------------------------------------------------------------------
+# Group nodes that alignx itself reads. Objectives, models and datasets come from plugins too,
+# so their keys are checked by whoever consumes them; these are fixed by alignx.
+
+
+@dataclass
+class DataSchema:
+    max_length: int = 128
+    truncation: str = "truncate_prompt"
+    completion_only_loss: bool = True
+    chat_template: bool = False
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    length_bucketing: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class SaveSchema:
+    model: bool = True
+    merge_adapter: bool = False
+
+
+@dataclass
+class EvalSchema:
+    enabled: bool = True
+    num_prompts: int = 64
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_logged_samples: int = 16
+
+
+TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop")
+TOP_LEVEL = {
+    "objective", "model", "adapter", "dataset", "optim", "scheduler", "trainer", "tracking", "eval",
+    "seed", "output_dir", "outputs_root", "data", "save", "hydra",
+}
+#: trainer keys alignx handles itself rather than passing to lightning.Trainer
+TRAINER_EXTRA_KEYS = {"_target_"}
+
+
+def _unknown(keys: Iterable[str], valid: Iterable[str], where: str) -> None:
+    valid = sorted(set(valid))
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown key '{where}{key}'.{hint} Valid keys under '{where.rstrip('.') or '<root>'}': {', '.join(valid)}"
+            )
+
+
+def _trainer_keys() -> set[str]:
+    import lightning
+
+    return set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"} | TRAINER_EXTRA_KEYS
+
+
+def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
+    """Fail fast, before any work, on a mistyped key or a bad value, listing what is valid."""
+    _unknown(cfg.keys(), TOP_LEVEL | set(extra_top_level), "")
+    for section, schema in (("data", DataSchema), ("save", SaveSchema), ("eval", EvalSchema)):
+        if section in cfg:
+            _unknown(cfg[section].keys(), [f.name for f in fields(schema)], f"{section}.")
+            try:
+                OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
+            except Exception as exc:  # a wrong type, e.g. data.batch_size=abc
+                raise ConfigError(f"invalid value in '{section}': {exc}".splitlines()[0]) from None
+    _unknown(cfg.trainer.keys(), _trainer_keys(), "trainer.")
+    if cfg.data.truncation not in TRUNCATION_POLICIES:
+        raise ConfigError(
+            f"data.truncation='{cfg.data.truncation}' is not a policy. Valid: {', '.join(TRUNCATION_POLICIES)}"
+        )
+
+
+def check_override_keys(overrides: Sequence[str]) -> None:
+    """Check that every ``key=value`` command-line override names an existing key.
+
+    Hydra already rejects these, but without saying what *is* valid; this runs first so the
+    error lists the valid keys and the closest match. Group choices are validated by Hydra
+    itself, which lists the available options.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups = config_groups()
+    choices, keys = [], []
+    for ov in parsed:
+        key = ov.key_or_group
+        if ov.is_add() or ov.is_force_add() or ov.is_delete() or key.startswith("hydra"):
+            continue
+        if key.split("@")[0] in groups or "/" in key:
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+            if values:
+                choices.append(f"{key}={values[0]}")
+        else:
+            keys.append(key)
+    if not keys:
+        return
+    try:
+        cfg = compose(choices)
+    except Exception:
+        return  # Hydra will report the bad group choice itself, with the options
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf not in node:
+            valid = sorted(str(k) for k in node.keys())
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown key '{key}'.{hint} Valid keys under '{parent or '<root>'}': {', '.join(valid)}. "
+                f"(To add a new key on purpose: +{key}=...)"
+            )
+        if node is None and parent:
+            raise ConfigError(f"unknown key '{key}': '{parent}' does not exist in the config.")

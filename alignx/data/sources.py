@@ -1,0 +1,288 @@
+"""Dataset sources: load the rows of one split from a file, a Hub dataset or a builtin task.
+
+Each loader has the signature ``(cfg, kind, split, seed) -> list[dict]`` where ``cfg`` is the
+``dataset`` config node (DictConfig or dict), ``kind`` a row kind (see
+:mod:`alignx.data.formats`) and ``split`` one of "train", "val", "test". Rows come back validated
+and normalised; any problem is a :class:`DataError` naming the file, the row and the file's own
+column name.
+
+Splits for file-based sources (jsonl, parquet, hub):
+
+* train: the train file(s);
+* val: the val file(s) if given, else a seeded ``val_fraction`` of the train rows, which the train
+  split then excludes (same seed -> same split). With neither, val is empty;
+* test: the test file(s) if given, else the val rows.
+
+``columns`` maps canonical column names to the file's names, e.g. ``{prompt: question,
+completion: answer}``; unmapped names map to themselves.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from alignx.data.formats import CANONICAL_COLUMNS, check_kind, validate_row, validate_rows
+from alignx.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+#: where a Hub-style directory keeps a split's files, tried in order; the first that matches wins
+HUB_LAYOUTS = (
+    "{split}.jsonl",
+    "{split}.parquet",
+    "data/{split}-*.parquet",
+    "data/{split}.jsonl",
+    "{split}/*.parquet",
+    "{split}-*.parquet",
+)
+_HUB_PATTERNS = ["*.jsonl", "*.json", "*.parquet", "*.md"]
+
+Locate = Callable[[str], list[Path] | None]
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _resolve(path: Any) -> Path:
+    from hydra.utils import to_absolute_path  # relative to the launch directory even if Hydra chdir'd
+
+    return Path(to_absolute_path(os.path.expanduser(str(path))))
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    rows = []
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON: {e.msg} at character {e.colno}", source=str(path), row=line_no) from None
+            except ValueError as e:  # bad UTF-8
+                raise DataError(f"invalid JSON line: {e}", source=str(path), row=line_no) from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for unreadable files
+        raise DataError(f"could not read parquet file: {type(e).__name__}: {e}", source=str(path)) from None
+    return list(enumerate(table.to_pylist(), 1))
+
+
+def _read_file(path: Path, fmt: str) -> list[tuple[int, Any]]:
+    """Raw rows of a ``fmt`` ("jsonl" | "parquet") file, each with its 1-based row number
+    (jsonl: the line number, blank lines counted; parquet: the row index)."""
+    if not path.exists():
+        raise DataError("file does not exist", source=str(path))
+    if not path.is_file():
+        raise DataError("not a file", source=str(path))
+    return _read_jsonl(path) if fmt == "jsonl" else _read_parquet(path)
+
+
+def _columns(cfg: Mapping) -> dict[str, str]:
+    columns = {str(k): str(v) for k, v in (cfg.get("columns") or {}).items()}
+    unknown = sorted(set(columns) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise ConfigError(
+            f"dataset.columns maps {unknown}, which are not canonical column names; it maps canonical "
+            f"names {list(CANONICAL_COLUMNS)} to the file's column names, e.g. {{prompt: question}}"
+        )
+    return columns
+
+
+def _load_file(path: Path, fmt: str, kind: str, columns: Mapping[str, str]) -> list[dict]:
+    """Read, column-map and validate one file."""
+    return [validate_row(row, kind, str(path), n, columns=columns) for n, row in _read_file(path, fmt)]
+
+
+# ---------------------------------------------------------------- splits
+
+
+def _split_off_val(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded split of ``rows`` into (train, val); both keep file order."""
+    n = len(rows)
+    n_val = round(n * fraction)
+    if fraction > 0 and n > 1:  # a tiny file still gets a val row, and keeps a train row
+        n_val = min(max(n_val, 1), n - 1)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    val = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def _load_split(cfg: Mapping, kind: str, split: str, seed: int, locate: Locate, fmt: str | None) -> list[dict]:
+    """The split logic shared by file-based sources. ``locate(split)`` gives that split's files,
+    or None when it has none of its own; ``fmt`` None means "by file suffix"."""
+    check_kind(kind)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+    columns = _columns(cfg)
+
+    def read(files: list[Path]) -> list[dict]:
+        return [row for p in files for row in _load_file(p, fmt or p.suffix.lstrip("."), kind, columns)]
+
+    if split == "test" and (files := locate("test")) is not None:
+        return read(files)
+    if split in ("val", "test") and (files := locate("val")) is not None:
+        return read(files)
+    train = read(locate("train") or [])
+    if split == "train" and locate("val") is not None:
+        return train
+    fraction = float(cfg.get("val_fraction") or 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
+    train, val = _split_off_val(train, fraction, seed)
+    return train if split == "train" else val
+
+
+def _path_locator(cfg: Mapping) -> Locate:
+    def locate(split: str) -> list[Path] | None:
+        key = "path" if split == "train" else f"{split}_path"
+        value = cfg.get(key)
+        if value is None and split == "train":
+            raise ConfigError("dataset.path (the train file) is required")
+        return None if value is None else [_resolve(value)]
+
+    return locate
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def load_jsonl(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+    """Rows of ``split`` from JSON-lines files.
+
+    Keys: ``path`` (train file), ``val_path``, ``test_path`` (optional), ``val_fraction``,
+    ``columns``; see the module docstring for how splits are made. One JSON object per line;
+    blank lines are skipped. Errors name the file, its line number and the file's column name.
+    """
+    return _load_split(cfg, kind, split, seed, _path_locator(cfg), "jsonl")
+
+
+def load_parquet(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+    """Rows of ``split`` from parquet files; same keys as :func:`load_jsonl`.
+    Errors name the file, the 1-based row index and the file's column name."""
+    return _load_split(cfg, kind, split, seed, _path_locator(cfg), "parquet")
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; honour a value set later too
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_dir(cfg: Mapping) -> Path:
+    """The dataset's local directory: ``id`` itself if it is one, else a Hub snapshot."""
+    ds_id = str(cfg.get("id") or "")
+    if not ds_id:
+        raise ConfigError("dataset.id (a Hugging Face Hub dataset id or a local directory) is required")
+    local = _resolve(ds_id)
+    if local.is_dir():
+        return local
+    if ds_id.startswith(("/", ".", "~")) or local.exists():
+        raise DataError("not an existing directory (nor a Hub dataset id)", source=str(local))
+    from huggingface_hub import snapshot_download
+
+    offline = _offline()
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=ds_id,
+                repo_type="dataset",
+                revision=cfg.get("revision"),
+                allow_patterns=_HUB_PATTERNS,
+                local_files_only=offline,
+            )
+        )
+    except Exception as e:  # offline, not found, gated, bad id...: all mean "could not fetch"
+        if offline:  # the client's own text here talks about arguments the user never passed
+            reason = "HF_HUB_OFFLINE is set and the dataset is not in the local Hub cache"
+        else:
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        raise DataError(
+            f"could not fetch the dataset from the Hugging Face Hub ({reason}). Check the dataset id "
+            "and your network connection, or download the dataset and pass its local directory: "
+            "dataset.id=/path/to/dir",
+            source=ds_id,
+        ) from None
+
+
+def _find_split_files(root: Path, name: str) -> list[Path]:
+    for layout in HUB_LAYOUTS:
+        found = sorted(root.glob(layout.format(split=glob.escape(name))))
+        if found:
+            return found
+    existing = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    layouts = [layout.format(split=name) for layout in HUB_LAYOUTS]
+    more = f" (and {len(existing) - 50} more)" if len(existing) > 50 else ""
+    raise DataError(
+        f"no files found for split '{name}'; looked for {layouts}; the directory has {existing[:50]}{more}",
+        source=str(root),
+    )
+
+
+def load_hub(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+    """Rows of ``split`` from a Hugging Face Hub dataset or a local directory in Hub layout.
+
+    Keys: ``id`` (Hub dataset id, or a local directory, which is used as is), ``revision``,
+    ``splits`` (alignx split -> the dataset's split name; default ``{train: train}``: an unmapped
+    val comes from ``val_fraction`` and an unmapped test is the val rows), ``columns``.
+    A split's files are found with the first of :data:`HUB_LAYOUTS` that matches (jsonl or
+    parquet; several shards are read in sorted order). Fetch failures (offline, unknown id)
+    become a short :class:`DataError`.
+    """
+    root = _hub_dir(cfg)
+    splits = {"train": "train", **{str(k): v for k, v in (cfg.get("splits") or {}).items()}}
+
+    def locate(s: str) -> list[Path] | None:
+        name = splits.get(s)
+        if name is None and s == "train":
+            raise ConfigError("dataset.splits.train (the dataset's train split name) must be set")
+        return None if name is None else _find_split_files(root, str(name))
+
+    return _load_split(cfg, kind, split, seed, locate, None)
+
+
+def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+    """Rows of ``split`` generated by a builtin task.
+
+    Keys: ``task`` (a registered task name), ``n_train`` / ``n_val`` /
+    ``n_test`` (row counts), ``label_noise`` (default 0).
+    """
+    from alignx.registry import load_plugins  # late: tasks may come from plugins
+
+    registry = load_plugins()
+    name = cfg.get("task")
+    if ("task", str(name)) not in registry:
+        raise DataError(f"unknown builtin task {name!r}; valid tasks: {registry.names('task')}", source="dataset.task")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+    n = cfg.get(f"n_{split}")
+    if n is None:
+        raise ConfigError(f"dataset.n_{split} (the number of {split} rows) is required for builtin tasks")
+    label_noise = float(cfg.get("label_noise") or 0.0)
+    rows = registry.get("task", name)().rows(kind, split, int(n), seed=seed, label_noise=label_noise)
+    return validate_rows(rows, kind, source=f"builtin task '{name}'")
+
+
+#: source kind (the ``dataset.source`` config value) -> loader
+SOURCES: dict[str, Callable[[Mapping, str, str, int], list[dict]]] = {
+    "jsonl": load_jsonl,
+    "parquet": load_parquet,
+    "hub": load_hub,
+    "builtin": load_builtin,
+}

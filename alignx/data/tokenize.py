@@ -1,0 +1,122 @@
+"""Rows -> token ids: chat-template formatting, completion masks and the truncation policy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from alignx.ops.logprobs import IGNORE_INDEX
+
+
+@dataclass
+class EncodeStats:
+    """How many rows were kept whole, truncated or dropped by the truncation policy."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, status: str) -> None:
+        self.counts[status] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}/{k}": float(self.counts.get(k, 0)) for k in ("kept", "truncated", "dropped")}
+
+
+def prompt_and_completion(row: Mapping[str, Any], tokenizer: Any, chat_template: bool) -> tuple[str, str, bool]:
+    """Return (prompt text, completion text, prompt_is_templated) for an sft row.
+
+    ``messages`` rows always go through the tokenizer's chat template: every turn before the
+    final assistant turn is the prompt, the final assistant content is the completion.
+    prompt/completion rows use the template only when ``chat_template`` is set.
+    """
+    if "messages" in row and row["messages"] is not None:
+        messages = list(row["messages"])
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        return prompt, messages[-1]["content"], True
+    if chat_template:
+        messages = [{"role": "user", "content": row["prompt"]}]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt, row["completion"], True
+    return row["prompt"], row["completion"], False
+
+
+def prompt_text(row: Mapping[str, Any], tokenizer: Any, chat_template: bool) -> str:
+    """The text a policy is prompted with for a prompt-only (or sft) row."""
+    if "messages" in row and row["messages"] is not None:
+        messages = list(row["messages"])
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+    return row["prompt"]
+
+
+def encode_prompt(text: str, tokenizer: Any, templated: bool) -> list[int]:
+    # A chat template usually writes BOS itself; adding special tokens again would double it.
+    return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def fit_to_length(
+    prompt_ids: list[int], completion_ids: list[int], max_length: int, policy: str, keep_prefix: int = 0
+) -> tuple[list[int], list[int], str] | None:
+    """Apply the truncation ``policy``; return (prompt, completion, status) or None to drop.
+
+    ``truncate_prompt`` keeps the end of the prompt (the part nearest the completion) and its
+    first ``keep_prefix`` tokens (BOS); ``truncate_completion`` cuts the completion's end;
+    ``drop`` discards the row. A row that cannot fit even after truncation is dropped.
+    """
+    if len(prompt_ids) + len(completion_ids) <= max_length:
+        return prompt_ids, completion_ids, "kept"
+    if policy == "truncate_prompt":
+        room = max_length - len(completion_ids) - keep_prefix
+        if room < 1:
+            return None
+        return prompt_ids[:keep_prefix] + prompt_ids[len(prompt_ids) - room :], completion_ids, "truncated"
+    if policy == "truncate_completion":
+        room = max_length - len(prompt_ids)
+        if room < 1:
+            return None
+        return prompt_ids, completion_ids[:room], "truncated"
+    return None
+
+
+def encode_sft_row(
+    row: Mapping[str, Any],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    truncation: str,
+    completion_only: bool,
+    chat_template: bool,
+) -> tuple[dict[str, list[int]] | None, str]:
+    """Tokenise one sft row into ``input_ids`` and ``labels`` (prompt masked when completion_only)."""
+    prompt, completion, templated = prompt_and_completion(row, tokenizer, chat_template)
+    p_ids = encode_prompt(prompt, tokenizer, templated)
+    c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    keep_prefix = 1 if p_ids and p_ids[0] == tokenizer.bos_token_id else 0
+    fitted = fit_to_length(p_ids, c_ids, max_length, truncation, keep_prefix)
+    if fitted is None:
+        return None, "dropped"
+    p_ids, c_ids, status = fitted
+    labels = ([IGNORE_INDEX] * len(p_ids) if completion_only else list(p_ids)) + c_ids
+    return {"input_ids": p_ids + c_ids, "labels": labels}, status
+
+
+def encode_rows(
+    rows: Iterable[Mapping[str, Any]], encode: Callable[[Mapping[str, Any]], tuple[Any, str]]
+) -> tuple[list[dict], EncodeStats]:
+    """Encode every row, counting kept/truncated/dropped."""
+    out, stats = [], EncodeStats()
+    for row in rows:
+        item, status = encode(row)
+        stats.add(status)
+        if item is not None:
+            out.append(item)
+    return out, stats

@@ -1,0 +1,22 @@
+"""Supervised fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from alignx.losses.sft import sft_loss
+from alignx.objectives.base import Objective
+
+
+class SFT(Objective):
+    """Next-token NLL on completion tokens (the prompt is masked unless configured otherwise)."""
+
+    name = "sft"
+    data_kind = "sft"
+
+    def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss, n_tokens = sft_loss(out.logits, batch["labels"])
+        return loss, {"tokens": n_tokens.float(), "ppl": torch.exp(loss.detach())}

@@ -1,0 +1,322 @@
+"""train(cfg): one job, from composed config to saved model, tracked in MLflow.
+
+The data path, one function per arrow:
+    load_plugins -> load_rows -> build_policy -> encode -> start_tracking -> fit -> evaluate -> save
+No Hydra decorator here: tests and other programs call ``train(cfg)`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from alignx.config import validate
+from alignx.errors import ConfigError, DataError
+from alignx.registry import Registry, load_plugins
+
+log = logging.getLogger("alignx")
+
+
+@dataclass
+class Job:
+    """What a job produced: final metrics, where outputs went, and the MLflow run."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    output_dir: Path | None = None
+    model_dir: Path | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    samples: list[dict] = field(default_factory=list)
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+
+def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
+    """(output_dir, outputs_root): explicit config values, else Hydra's run dir and ./outputs."""
+    output_dir = cfg.get("output_dir")
+    if not output_dir:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            raise ConfigError("output_dir is not set and no Hydra run dir exists; pass output_dir=/some/dir")
+        output_dir = HydraConfig.get().runtime.output_dir
+    root = cfg.get("outputs_root") or os.environ.get("ALIGNX_OUTPUTS") or (_launch_dir() / "outputs")
+    return Path(output_dir).resolve(), Path(root).resolve()
+
+
+def _launch_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def _overrides(cfg: DictConfig) -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+def load_rows(cfg: DictConfig, registry: Registry, kind: str) -> dict[str, list[dict]]:
+    """Rows for train/val (of ``kind``) and test (sft rows, for evaluation), validated."""
+    loader = registry.get("dataset", str(cfg.dataset.source))
+    seed = int(cfg.seed)
+    rows = {split: loader(cfg.dataset, kind, split, seed) for split in ("train", "val")}
+    rows["test"] = loader(cfg.dataset, "sft", "test", seed) if cfg.eval.enabled else []
+    if not rows["train"]:
+        raise DataError("no training rows", source=str(cfg.dataset.get("path") or cfg.dataset.name))
+    return rows
+
+
+def build_policy(cfg: DictConfig, registry: Registry, output_dir: Path) -> tuple[Any, Any, Path | None]:
+    """Model (with adapter) and tokenizer. Returns (model, tokenizer, base_dir).
+
+    A base model built in code is saved before adapters are injected, so the saved adapter has
+    a base that plain transformers/peft can load.
+    """
+    builder = registry.get("model", str(cfg.model.kind))
+    model, tokenizer = builder(cfg.model)
+    adapter_name = str(cfg.adapter.name)
+    base_dir = None
+    if adapter_name != "none":
+        if cfg.save.model and str(cfg.model.kind) != "hf":
+            from alignx.models.loading import save_pretrained_atomic
+
+            base_dir = save_pretrained_atomic(output_dir / "base", model, tokenizer)
+        model = registry.get("adapter", adapter_name)(model, cfg.adapter)
+    return model, tokenizer, base_dir
+
+
+def encode_split(objective_cls: Any, rows: Sequence[dict], tokenizer: Any, data_cfg: Any) -> tuple[list[dict], Any]:
+    from alignx.data.tokenize import encode_rows
+
+    return encode_rows(rows, lambda r: objective_cls.encode(r, tokenizer, data_cfg))
+
+
+def start_tracking(cfg: DictConfig, outputs_root: Path, overrides: Sequence[str]) -> Any:
+    """Create the job's MLflow run (or a no-op tracker for ``tracking=none``)."""
+    from alignx.tracking import MlflowTracker, Tracker, default_tracking_uri
+
+    if cfg.tracking.name == "none":
+        return Tracker()
+    uri = cfg.tracking.get("uri") or default_tracking_uri(outputs_root)
+    local = uri.startswith("sqlite:") or uri.startswith("file:")
+    outputs_root.mkdir(parents=True, exist_ok=True)
+    tags = {
+        "alignx.objective": str(cfg.objective.name),
+        "alignx.model": str(cfg.model.name),
+        "alignx.adapter": str(cfg.adapter.name),
+        "alignx.dataset": str(cfg.dataset.name),
+        "alignx.overrides": " ".join(overrides),
+    }
+    name = cfg.tracking.get("run_name") or "-".join(
+        [str(cfg.objective.name), str(cfg.model.name).split("/")[-1], str(cfg.adapter.name), str(cfg.dataset.name).split("/")[-1]]
+    )
+    return MlflowTracker(
+        uri,
+        str(cfg.tracking.experiment),
+        run_name=name,
+        tags=tags,
+        artifact_location=(outputs_root / "mlartifacts").as_uri() if local else None,
+    )
+
+
+def build_trainer(cfg: DictConfig, tracker: Any, output_dir: Path) -> Any:
+    import lightning as L
+
+    from alignx.tracking import TrackerLogger
+
+    targs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks = []
+    if targs.get("enable_progress_bar", True):
+        from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+        try:
+            callbacks.append(RichProgressBar(leave=True))
+        except ModuleNotFoundError:
+            callbacks.append(TQDMProgressBar())
+    return L.Trainer(
+        **targs,
+        logger=TrackerLogger(tracker),
+        callbacks=callbacks,
+        default_root_dir=str(output_dir),
+        enable_checkpointing=False,
+        use_distributed_sampler=False,  # BucketBatchSampler shards by rank itself
+        enable_model_summary=False,
+    )
+
+
+def total_optimizer_steps(cfg: DictConfig, n_batches: int) -> int:
+    if int(cfg.trainer.get("max_steps") or -1) > 0:
+        return int(cfg.trainer.max_steps)
+    epochs = int(cfg.trainer.get("max_epochs") or 1)
+    return max(1, epochs * math.ceil(n_batches / int(cfg.trainer.get("accumulate_grad_batches") or 1)))
+
+
+def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, objective_cls: Any, test_rows: list[dict]) -> tuple[dict, list]:
+    """Gold reward (when the dataset names a task) and perplexity on held-out rows."""
+    from alignx.data.tokenize import prompt_text
+    from alignx.evaluation import evaluate_policy
+    from alignx.objectives.sft import SFT
+
+    if not cfg.eval.enabled or not test_rows:
+        return {}, []
+    task = cfg.dataset.get("task")
+    reward_fn = registry.get("reward", str(task)) if task and ("reward", str(task)) in registry else None
+    chat = bool(cfg.data.chat_template)
+    prompts = list(dict.fromkeys(prompt_text(r, tokenizer, chat) for r in test_rows))[: int(cfg.eval.num_prompts)]
+    templated = chat or any("messages" in r for r in test_rows)
+    items, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
+    collate = SFT.collate_fn(tokenizer)
+    bs = int(cfg.data.eval_batch_size)
+    batches = [collate(items[i : i + bs]) for i in range(0, len(items), bs)]
+    return evaluate_policy(
+        model,
+        tokenizer,
+        prompts,
+        cfg.eval,
+        reward_fn=reward_fn,
+        ppl_batches=batches,
+        seed=int(cfg.seed),
+        prompt_is_templated=templated,
+    )
+
+
+def save_outputs(cfg: DictConfig, model: Any, tokenizer: Any, output_dir: Path, base_dir: Path | None) -> Path | None:
+    """Save the model (or adapter) with its tokenizer in HF format; optionally a merged copy."""
+    from alignx.models.adapters import is_peft
+    from alignx.models.loading import save_pretrained_atomic
+
+    if not cfg.save.model:
+        return None
+    model_dir = output_dir / "model"
+    if is_peft(model):
+        base_ref = str(base_dir) if base_dir else _abs_if_local(str(cfg.model.get("name_or_path", "")))
+        for peft_cfg in model.peft_config.values():
+            peft_cfg.base_model_name_or_path = base_ref
+        save_pretrained_atomic(model_dir, model, tokenizer)
+        if cfg.save.merge_adapter:
+            merged = model.merge_and_unload()
+            save_pretrained_atomic(output_dir / "merged", merged, tokenizer)
+    else:
+        save_pretrained_atomic(model_dir, model, tokenizer)
+    return model_dir
+
+
+def _abs_if_local(name: str) -> str:
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.is_dir() else name
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
+    """Run one training job described by a composed ``train`` config; return what it produced.
+
+    Everything that can be checked before work starts (config keys, plugin names, every data
+    row) is checked before the MLflow run is created. Once it exists, the run ends FINISHED
+    only if training, evaluation and saving all succeeded, and FAILED (or KILLED) otherwise.
+    """
+    import lightning as L
+
+    t0 = time.time()
+    registry = load_plugins()
+    validate(cfg)
+    objective_cls = registry.get("objective", str(cfg.objective.name))
+    for group in ("model", "adapter"):
+        registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
+    registry.get("dataset", str(cfg.dataset.source))
+    output_dir, outputs_root = resolve_paths(cfg)
+    overrides = list(overrides) if overrides is not None else _overrides(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    rows = load_rows(cfg, registry, objective_cls.data_kind)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, base_dir = build_policy(cfg, registry, output_dir)
+    train_items, train_stats = encode_split(objective_cls, rows["train"], tokenizer, cfg.data)
+    val_items, val_stats = encode_split(objective_cls, rows["val"], tokenizer, cfg.data)
+    if not train_items:
+        raise DataError(
+            f"every training row was dropped by data.truncation={cfg.data.truncation} at data.max_length={cfg.data.max_length}",
+            source=str(cfg.dataset.name),
+        )
+    for split, stats in (("train", train_stats), ("val", val_stats)):
+        log.info(
+            "data %s: %d rows kept whole, %d truncated, %d dropped (max_length=%d, policy=%s)",
+            split, stats.counts["kept"], stats.counts["truncated"], stats.counts["dropped"],
+            cfg.data.max_length, cfg.data.truncation,
+        )
+
+    tracker = start_tracking(cfg, outputs_root, overrides)
+    job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri)
+    try:
+        from alignx.config import PRIMARY_CONFIG
+        from alignx.tracking import config_params
+
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        tracker.log_params(config_params(resolved))
+        config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
+        (output_dir / "config.yaml").write_text(config_yaml)
+        tracker.log_text(config_yaml, "config/resolved.yaml")
+        data_metrics = {**train_stats.as_metrics("data/train"), **val_stats.as_metrics("data/val")}
+        tracker.log_metrics(data_metrics, step=0)
+
+        from alignx.data.module import AlignDataModule
+
+        datamodule = AlignDataModule(
+            train_items,
+            val_items,
+            objective_cls.collate_fn(tokenizer),
+            batch_size=int(cfg.data.batch_size),
+            eval_batch_size=int(cfg.data.eval_batch_size),
+            bucketing=bool(cfg.data.length_bucketing),
+            seed=int(cfg.seed),
+            num_workers=int(cfg.data.num_workers),
+        )
+        from hydra.utils import instantiate
+
+        n_batches = math.ceil(len(train_items) / int(cfg.data.batch_size))
+        objective = objective_cls(
+            model,
+            tokenizer,
+            cfg.objective,
+            optimizer=instantiate(cfg.optim),
+            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            total_steps=total_optimizer_steps(cfg, n_batches),
+        )
+        trainer = build_trainer(cfg, tracker, output_dir)
+        trainer.fit(objective, datamodule=datamodule)
+        job.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+        if trainer.is_global_zero:
+            eval_metrics, job.samples = evaluate(cfg, registry, objective.model, tokenizer, objective_cls, rows["test"])
+            job.metrics.update(eval_metrics)
+            tracker.log_metrics(eval_metrics, step=int(trainer.global_step))
+            if job.samples:
+                tracker.log_table(job.samples, "samples/generations.json")
+            job.model_dir = save_outputs(cfg, objective.model, tokenizer, output_dir, base_dir)
+            if job.model_dir and cfg.tracking.get("log_model", True):
+                tracker.log_artifact(job.model_dir, "model")
+                if base_dir:
+                    tracker.log_artifact(base_dir, "base")
+            job.metrics["time/total_s"] = time.time() - t0
+            tracker.log_metrics({"time/total_s": job.metrics["time/total_s"]}, step=int(trainer.global_step))
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return job
