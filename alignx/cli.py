@@ -40,6 +40,13 @@ def _hydra_train(argv: Sequence[str]) -> int:
     def task(cfg: DictConfig) -> float | None:
         from alignx.train import train
 
+        # Hydra's root handlers already print and file every record; Lightning's own console
+        # handler would print each of its messages twice.
+        import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
+
+        pl_logger = logging.getLogger("lightning.pytorch")
+        for handler in list(pl_logger.handlers):
+            pl_logger.removeHandler(handler)
         try:
             job = train(cfg)
         except AlignxError as exc:
@@ -70,12 +77,13 @@ def _print_summary(job) -> None:
         if key.startswith(("eval/", "val/", "train/loss")):
             table.add_row(key, f"{job.metrics[key]:.4f}")
     console.print(table)
-    console.print(f"outputs:     {job.output_dir}")
+    # plain prints: paths and commands must stay copy-pasteable, never wrapped
+    print(f"outputs:     {job.output_dir}")
     if job.model_dir:
-        console.print(f"model:       {job.model_dir}")
+        print(f"model:       {job.model_dir}")
     if job.run_id:
-        console.print(f"MLflow run:  {job.run_id}  ({job.tracking_uri})")
-        console.print(f"open MLflow: {ui_command(job.tracking_uri)}")
+        print(f"MLflow run:  {job.run_id} in {job.tracking_uri}")
+        print(f"open MLflow: {ui_command(job.tracking_uri)}")
 
 
 def _plugins(argv: Sequence[str]) -> int:
@@ -84,12 +92,17 @@ def _plugins(argv: Sequence[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from alignx.errors import AlignxError
     from alignx.registry import KINDS, load_plugins, conf_dirs
 
     parser = argparse.ArgumentParser(prog="alignx plugins", description="List everything registered with alignx.")
     parser.add_argument("--kind", choices=list(KINDS), help="only this kind")
     args = parser.parse_args(list(argv))
-    registry = load_plugins()
+    try:
+        registry = load_plugins()
+    except AlignxError as exc:  # e.g. two plugins registering the same name
+        _print_error(str(exc))
+        return 2
     table = Table(title="alignx registry")
     for col in ("kind", "name", "provided by", "object"):
         table.add_column(col)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -185,18 +186,39 @@ def load_plugins(*, reload: bool = False) -> Registry:
     return registry
 
 
+def _find_spec_no_import(name: str) -> Any:
+    """Like ``importlib.util.find_spec`` but without importing the parent packages of ``name``.
+
+    ``find_spec('pkg.conf')`` imports ``pkg`` to read its ``__path__``, so a plugin whose code
+    raises (or imports torch) would hide (or slow down) its config; this asks the meta-path
+    finders directly, walking down from the top-level package's search locations.
+    """
+    parts = name.split(".")
+    spec = importlib.util.find_spec(parts[0])  # a top-level name is located, not imported
+    for i in range(1, len(parts)):
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        fullname, path = ".".join(parts[: i + 1]), list(spec.submodule_search_locations)
+        module = sys.modules.get(fullname)
+        spec = getattr(module, "__spec__", None) if module is not None else None
+        for finder in sys.meta_path if spec is None else ():
+            find = getattr(finder, "find_spec", None)
+            if find is not None and (spec := find(fullname, path)) is not None:
+                break
+    return spec
+
+
 def conf_dirs() -> list[tuple[str, str, Path]]:
     """(entry-point name, distribution, directory) of every ``alignx.conf`` package.
 
-    The package is located with importlib's finders and never imported itself (its parent
-    packages are, as importlib requires), so a plugin's config can be found even when its
-    code is broken.
+    The package is located with importlib's finders and neither it nor its parent packages are
+    imported, so a plugin's config can be found even when its code is broken (or slow to import).
     """
     found = []
     for ep in _selected(CONF_GROUP):
         provider = _dist_name(ep)
         try:
-            spec = importlib.util.find_spec(ep.value)
+            spec = _find_spec_no_import(ep.value)
             locations = list(spec.submodule_search_locations or []) if spec else []
             if not locations:
                 raise ModuleNotFoundError(f"'{ep.value}' is not a package directory")

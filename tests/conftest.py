@@ -1,0 +1,107 @@
+"""Shared fixtures: in-process config composition and tiny, fast training overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ALIGNX = [sys.executable, "-m", "alignx.cli"]
+
+# Settings that keep a training job to a few seconds on CPU.
+FAST = [
+    "trainer.max_steps=6",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "dataset.n_train=96",
+    "dataset.n_val=16",
+    "dataset.n_test=16",
+    "data.batch_size=16",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=8",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_hidden_layers=1",
+    "model.num_attention_heads=2",
+    "model.num_key_value_heads=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may touch the network: hub clients fail fast instead of hanging."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def run_alignx(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real ``alignx`` CLI in a subprocess (as a user would) and capture its output."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [*ALIGNX, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# -- the installed console script, for end-to-end CLI tests ---------------------------------
+#: the ``alignx`` console script of this interpreter's environment (what ``pip install`` made)
+ALIGNX_BIN = Path(sys.executable).parent / "alignx"
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``alignx`` console script in a subprocess, as a user would.
+
+    ``env`` entries are added to this process's environment; an entry whose value is None is
+    removed from it instead.
+    """
+    assert ALIGNX_BIN.exists(), f"{ALIGNX_BIN} is missing: run `pip install -e .` (make test does)"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    return subprocess.run(
+        [str(ALIGNX_BIN), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fast(*overrides: str) -> list[str]:
+    """FAST with ``overrides`` appended, replacing FAST's own value of any key they set."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in FAST if o.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def require_example_plugin() -> None:
+    """Fail (not skip) when the example plugin the tests rely on is not installed."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("alignx-example")
+    except PackageNotFoundError:
+        pytest.fail(
+            "the example plugin is not installed: run `python -m pip install -e plugins/alignx-example` "
+            "(`make test` does this)",
+            pytrace=False,
+        )
+
+
+def start_background_fixtures(request: pytest.FixtureRequest, names: list[str]) -> None:
+    """Set up, in the order given, those of the module fixtures ``names`` that a selected test uses.
+
+    Used by an autouse module fixture so that slow subprocess runs (each fixture submits one to
+    a thread pool and returns its Future) overlap instead of running one after the other. A
+    fixture that fails here fails again, with its real error, in the test that uses it.
+    """
+    used = {
+        name
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+        for name in getattr(item, "fixturenames", ())
+    }
+    for name in names:
+        if name in used:
+            try:
+                request.getfixturevalue(name)
+            except (Exception, pytest.fail.Exception, pytest.skip.Exception):
+                pass
