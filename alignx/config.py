@@ -107,7 +107,7 @@ def _unknown(keys: Iterable[str], valid: Iterable[str], where: str) -> None:
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = f" Did you mean '{where}{close[0]}'?" if close else ""
             raise ConfigError(
                 f"unknown key '{where}{key}'.{hint} Valid keys under '{where.rstrip('.') or '<root>'}': {', '.join(valid)}"
             )
@@ -167,7 +167,8 @@ def check_override_keys(overrides: Sequence[str]) -> None:
     for key in keys:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf not in node:
+        # keys(), not `in`: OmegaConf reports a mandatory (???) value as absent from `in`
+        if isinstance(node, DictConfig) and leaf not in node.keys():
             valid = sorted(str(k) for k in node.keys())
             close = difflib.get_close_matches(leaf, valid, n=1)
             hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""

@@ -199,12 +199,13 @@ def _find_spec_no_import(name: str) -> Any:
         if spec is None or not spec.submodule_search_locations:
             return None
         fullname, path = ".".join(parts[: i + 1]), list(spec.submodule_search_locations)
-        module = sys.modules.get(fullname)
-        spec = getattr(module, "__spec__", None) if module is not None else None
-        for finder in sys.meta_path if spec is None else ():
-            find = getattr(finder, "find_spec", None)
-            if find is not None and (spec := find(fullname, path)) is not None:
-                break
+        spec = getattr(sys.modules.get(fullname), "__spec__", None)  # already imported: reuse
+        if spec is None:
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                spec = find(fullname, path) if find is not None else None
+                if spec is not None:
+                    break
     return spec
 
 

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports huggingface_hub: it reads these once, at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 ALIGNX = [sys.executable, "-m", "alignx.cli"]
 
@@ -59,7 +64,8 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     removed from it instead.
     """
     assert ALIGNX_BIN.exists(), f"{ALIGNX_BIN} is missing: run `pip install -e .` (make test does)"
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    full_env = {**os.environ, **offline, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(
         [str(ALIGNX_BIN), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import alignx.registry
 from alignx.errors import PluginError
 from alignx.registry import KINDS, Registry, conf_dirs, load_plugins
 from conftest import REPO, fast, require_example_plugin, run_cli, start_background_fixtures
@@ -286,6 +287,8 @@ def test_load_plugins_records_each_entrys_distribution(monkeypatch: pytest.Monke
     require_example_plugin()
     for var in NO_AUTOLOAD_ENV:
         monkeypatch.delenv(var, raising=False)
+    # the reload replaces the process-wide registry; put the previous one back afterwards
+    monkeypatch.setattr(alignx.registry, "_registry", alignx.registry._registry)
     registry = load_plugins(reload=True)
     providers = {(e.kind, e.name): e.provider for e in registry.entries()}
     for key in BUILTINS:
