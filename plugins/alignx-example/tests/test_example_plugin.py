@@ -14,8 +14,8 @@ def test_label_smoothed_nll_matches_hand_computation():
     logits = torch.zeros(1, 2, 4)
     labels = torch.tensor([[-100, 2]])
     assert math.isclose(float(label_smoothed_nll(logits, labels, 0.1)), math.log(4), rel_tol=1e-6)
-    # peaked logits: p(target)=e^2/(e^2+3); eps=0 gives plain NLL
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]]])
+    # peaked logits at position 0 (which predicts labels[1] = 2): p(target)=e^2/(e^2+3); eps=0 is plain NLL
+    logits = torch.tensor([[[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
     expected = -math.log(math.exp(2) / (math.exp(2) + 3))
     assert math.isclose(float(label_smoothed_nll(logits, labels, 0.0)), expected, rel_tol=1e-6)
 
