@@ -73,6 +73,8 @@ class Objective(L.LightningModule):
         loss, metrics = self.step(batch)
         size = batch["input_ids"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=size)
         return loss
 
