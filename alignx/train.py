@@ -48,8 +48,13 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path]:
         if not HydraConfig.initialized():
             raise ConfigError("output_dir is not set and no Hydra run dir exists; pass output_dir=/some/dir")
         output_dir = HydraConfig.get().runtime.output_dir
+    return Path(output_dir).resolve(), resolve_outputs_root(cfg)
+
+
+def resolve_outputs_root(cfg: DictConfig) -> Path:
+    """Where the embedded MLflow store and caches live: ``outputs_root``, $ALIGNX_OUTPUTS or ./outputs."""
     root = cfg.get("outputs_root") or os.environ.get("ALIGNX_OUTPUTS") or (_launch_dir() / "outputs")
-    return Path(output_dir).resolve(), Path(root).resolve()
+    return Path(root).resolve()
 
 
 def _launch_dir() -> Path:
@@ -103,7 +108,15 @@ def encode_split(objective_cls: Any, rows: Sequence[dict], tokenizer: Any, data_
     return encode_rows(rows, lambda r: objective_cls.encode(r, tokenizer, data_cfg))
 
 
-def start_tracking(cfg: DictConfig, outputs_root: Path, overrides: Sequence[str]) -> Any:
+def start_tracking(
+    cfg: DictConfig,
+    outputs_root: Path,
+    overrides: Sequence[str],
+    *,
+    run_name: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Any:
     """Create the job's MLflow run (or a no-op tracker for ``tracking=none``)."""
     from alignx.tracking import MlflowTracker, Tracker, default_tracking_uri
 
@@ -118,8 +131,9 @@ def start_tracking(cfg: DictConfig, outputs_root: Path, overrides: Sequence[str]
         "alignx.adapter": str(cfg.adapter.name),
         "alignx.dataset": str(cfg.dataset.name),
         "alignx.overrides": " ".join(overrides),
+        **(extra_tags or {}),
     }
-    name = cfg.tracking.get("run_name") or "-".join(
+    name = run_name or cfg.tracking.get("run_name") or "-".join(
         [str(cfg.objective.name), str(cfg.model.name).split("/")[-1], str(cfg.adapter.name), str(cfg.dataset.name).split("/")[-1]]
     )
     return MlflowTracker(
@@ -128,7 +142,26 @@ def start_tracking(cfg: DictConfig, outputs_root: Path, overrides: Sequence[str]
         run_name=name,
         tags=tags,
         artifact_location=(outputs_root / "mlartifacts").as_uri() if local else None,
+        parent_run_id=parent_run_id,
     )
+
+
+def sweep_job(overrides: Sequence[str]) -> tuple[str | None, str | None, dict[str, str]]:
+    """For a job of a multirun: (parent run id, readable unique run name, extra tags)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from alignx.tracking.sweep import read_parent
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None, None, {}
+    hc = HydraConfig.get()
+    record = read_parent(Path(hc.sweep.dir).resolve()) or {}
+    swept = set(record.get("swept_keys", []))
+    # name the job by what varies across the sweep; the job number keeps names unique
+    shown = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or list(overrides)
+    name = f"{hc.job.num}: {' '.join(shown)}" if shown else f"job {hc.job.num}"
+    return record.get("parent_run_id"), name, {"alignx.job_num": str(hc.job.num)}
 
 
 def build_trainer(cfg: DictConfig, tracker: Any, output_dir: Path) -> Any:
@@ -258,7 +291,10 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
             cfg.data.max_length, cfg.data.truncation,
         )
 
-    tracker = start_tracking(cfg, outputs_root, overrides)
+    parent_run_id, job_name, job_tags = sweep_job(overrides)
+    tracker = start_tracking(
+        cfg, outputs_root, overrides, run_name=job_name, extra_tags=job_tags, parent_run_id=parent_run_id
+    )
     job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri)
     try:
         from alignx.config import PRIMARY_CONFIG

@@ -114,3 +114,33 @@ def test_tracking_none_writes_no_store(tmp_path):
     job = train(cfg)
     assert job.run_id is None and not (tmp_path / "mlflow.db").exists()
     assert (tmp_path / "job" / "model" / "config.json").is_file()
+
+
+def test_conversational_jsonl_rows_train_with_chat_template(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]}
+        for w in ["yes", "no", "maybe", "ok"] * 8
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fast = [a for a in FAST if not a.startswith("dataset.")]
+    cfg = compose(
+        [*fast, "dataset=jsonl", f"dataset.path={path}", "dataset.val_fraction=0.25", "tracking=none",
+         f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}"]
+    )
+    job = train(cfg)
+    assert job.metrics["train/loss"] > 0 and "eval/perplexity" in job.metrics
+    assert "eval/gold_reward_greedy" not in job.metrics  # no task named: no gold reward to report
+    # prompts were rendered with the chat template for evaluation
+    assert job.samples and job.samples[0]["prompt"].startswith("<|user|>\nSay ")
+
+
+def test_precision_and_gradient_accumulation_options(tmp_path):
+    job, client = _train(
+        tmp_path, "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2", "trainer.max_steps=3"
+    )
+    run = client.get_run(job.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.precision"] == "bf16-mixed"
+    # 3 optimizer steps with accumulation 2 consume 6 batches
+    assert max(m.step for m in client.get_metric_history(job.run_id, "train/loss")) <= 3

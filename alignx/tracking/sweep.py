@@ -1,0 +1,120 @@
+"""One MLflow parent run per Hydra multirun, with every job a child run.
+
+The parent is created in ``on_multirun_start`` (in the launching process) and its id written
+to ``<sweep dir>/.alignx/sweep.json``; each job reads it from there, whatever launcher runs it
+(basic, joblib, submitit: all share the sweep dir). Nothing is exported through environment
+variables such as MLFLOW_RUN_ID, which would leak into unrelated runs.
+
+Hydra skips ``on_multirun_end`` when a job fails, so the parent is also finalised at process
+exit: it never stays RUNNING. Its status is FINISHED only if every job finished; otherwise
+FAILED, with ``alignx.failed_jobs`` counting the jobs that did not.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("alignx")
+
+STATE_DIR = ".alignx"
+
+
+def sweep_state_dir(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / STATE_DIR
+
+
+def read_parent(sweep_dir: str | Path) -> dict | None:
+    """The sweep's parent-run record (``parent_run_id``, ``tracking_uri``), if a sweep callback made one."""
+    path = sweep_state_dir(sweep_dir) / "sweep.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """Keys of the command-line overrides that sweep over several values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return sorted(o.get_key_element() for o in parsed if o.is_sweep_override())
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback (configured under ``hydra.callbacks``) that owns a sweep's parent run."""
+
+    def __init__(self) -> None:
+        self._parent: Any = None
+        self._sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from alignx.tracking.params import config_params
+        from alignx.train import start_tracking, resolve_outputs_root
+
+        if config.tracking.name == "none":
+            return
+        overrides = list(config.hydra.overrides.task)
+        keys = swept_keys(overrides)
+        self._sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        fixed = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}
+        tracker = start_tracking(
+            config,
+            resolve_outputs_root(config),
+            overrides,
+            run_name=f"sweep {self._sweep_dir.parent.name}/{self._sweep_dir.name}",
+            extra_tags={"alignx.sweep": "true", "alignx.sweep_dir": str(self._sweep_dir)},
+        )
+        params = {k: v for k, v in config_params(_resolvable(fixed)).items() if k not in keys}
+        params["alignx.swept_keys"] = ",".join(keys)
+        tracker.log_params(params)
+        state = sweep_state_dir(self._sweep_dir)
+        (state / "jobs").mkdir(parents=True, exist_ok=True)
+        (state / "sweep.json").write_text(json.dumps({"parent_run_id": tracker.run_id, "tracking_uri": tracker.uri, "swept_keys": keys}))
+        self._parent = tracker
+        atexit.register(self._finalize)
+        log.info("MLflow sweep run %s (%s)", tracker.run_id, tracker.uri)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        # Runs in the job's own process: record its outcome where the parent can read it.
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return
+        state = sweep_state_dir(Path(hc.sweep.dir).resolve()) / "jobs"
+        if state.is_dir():
+            (state / f"{hc.job.num}.json").write_text(
+                json.dumps({"status": job_return.status.name, "overrides": list(hc.overrides.task)})
+            )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finalize()
+
+    def _finalize(self) -> None:
+        if self._parent is None or self._sweep_dir is None:
+            return
+        parent, self._parent = self._parent, None
+        jobs = [json.loads(p.read_text()) for p in (sweep_state_dir(self._sweep_dir) / "jobs").glob("*.json")]
+        children = parent.client.search_runs(
+            [parent.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'"
+        )
+        failed_jobs = sum(j["status"] != "COMPLETED" for j in jobs)
+        failed_runs = sum(r.info.status != "FINISHED" for r in children)
+        failed = max(failed_jobs, failed_runs)
+        parent.set_tags({"alignx.jobs": str(max(len(jobs), len(children))), "alignx.failed_jobs": str(failed)})
+        status = "FINISHED" if failed == 0 and jobs else "FAILED"
+        parent.finish(status)
+        log.info("MLflow sweep run %s: %s (%d failed of %d jobs)", parent.run_id, status, failed, len(jobs))
+
+
+def _resolvable(tree: Any) -> Any:
+    """Resolve what can be resolved; ${hydra:...} interpolations stay as text in the parent."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+    except Exception:
+        return tree

@@ -1,0 +1,33 @@
+"""A built wheel carries conf/ (as alignx.conf) and declares alignx's own entry points."""
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_wheel_ships_config_groups_and_entry_points(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO, src, ignore=shutil.ignore_patterns(".venv", "outputs", ".git", "__pycache__", "*.egg-info", "build", "plugins", "tests")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("alignx-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        yamls = {Path(n).relative_to("alignx/conf").as_posix() for n in names if n.startswith("alignx/conf/") and n.endswith(".yaml")}
+        shipped = {p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
+        assert yamls == shipped
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[alignx.plugins]\nalignx = alignx.builtins:register" in entry_points
+    assert "[alignx.conf]\nalignx = alignx.conf" in entry_points
+    assert "alignx = alignx.cli:main" in entry_points

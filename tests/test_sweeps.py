@@ -1,0 +1,67 @@
+"""Multirun sweeps as real subprocesses: one MLflow parent run per sweep, one child per job."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import fast, run_cli
+
+
+def _runs(tmp_path: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("alignx")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("alignx.sweep") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _sweep(tmp_path: Path, *args: str):
+    return run_cli(
+        ["-m", *fast(*args), f"hydra.sweep.dir={tmp_path / 'sweep'}", f"outputs_root={tmp_path}"], cwd=tmp_path
+    )
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    proc = _sweep(tmp_path, "adapter=none,lora", "optim.lr=1e-3,3e-3", "trainer.max_steps=2", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parents, children = _runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["alignx.failed_jobs"] == "0"
+    assert parent.data.params["alignx.swept_keys"] == "adapter,optim.lr"
+    assert parent.data.params["model.name"] == "tiny"  # the fixed config
+    assert "optim.lr" not in parent.data.params  # swept, so not a fixed param
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    # readable, unique names built from what the sweep varies
+    names = sorted(c.info.run_name for c in children)
+    assert len(set(names)) == 4
+    assert names[0] == "0: adapter=none optim.lr=0.001"
+    combos = {(c.data.params["adapter.name"], c.data.params["optim.lr"]) for c in children}
+    assert combos == {("none", "0.001"), ("none", "0.003"), ("lora", "0.001"), ("lora", "0.003")}
+    # no job's run leaked into another's: every child has its own metrics
+    assert all("train/loss" in c.data.metrics for c in children)
+
+
+def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):
+    proc = _sweep(tmp_path, "optim._target_=torch.optim.AdamW,torch.optim.NoSuchOptimizer", "trainer.max_steps=2")
+    assert proc.returncode != 0
+    parents, children = _runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 2
+    by_target = {c.data.params["optim._target_"]: c.info.status for c in children}
+    assert by_target == {"torch.optim.AdamW": "FINISHED", "torch.optim.NoSuchOptimizer": "FAILED"}
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["alignx.failed_jobs"] == "1"
+    assert not any(r.info.status == "RUNNING" for r in [*parents, *children])
+
+
+def test_single_runs_have_no_parent(tmp_path):
+    proc = run_cli([*fast("trainer.max_steps=2"), f"hydra.run.dir={tmp_path / 'run'}", f"outputs_root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parents, children = _runs(tmp_path)
+    assert parents == [] and children == []
