@@ -1,4 +1,4 @@
-"""The ``alignx`` command: ``train`` (the default), ``plugins``.
+"""The ``alignx`` command: ``train`` (the default), ``plugins``, ``compare``.
 
 ``alignx [train] [overrides]`` is a plain Hydra app (``--help``, ``--cfg job``, ``-m``,
 ``hydra.run.dir=...`` all work); the other subcommands are ordinary argparse commands.
@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Sequence
 
-SUBCOMMANDS = ("train", "plugins")
+SUBCOMMANDS = ("train", "plugins", "compare")
 log = logging.getLogger("alignx")
 
 
@@ -37,7 +37,10 @@ def _hydra_train(argv: Sequence[str]) -> int:
         return 2
 
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
-    def task(cfg: DictConfig) -> float | None:
+    def task(cfg: DictConfig) -> float | list[float] | None:
+        from omegaconf import ListConfig
+
+        from alignx.errors import ConfigError
         from alignx.train import train
 
         # Hydra's root handlers already print and file every record; Lightning's own console
@@ -49,14 +52,30 @@ def _hydra_train(argv: Sequence[str]) -> int:
             pl_logger.removeHandler(handler)
         try:
             job = train(cfg)
+            _print_summary(job)
+            # What a sweeper optimises (Optuna): the job's value of `optimized_metric`, or a list
+            # of values for a multi-objective study. null (the default): nothing to return.
+            wanted = cfg.get("optimized_metric")
+            if wanted is None:
+                return None
+            names = [str(n) for n in wanted] if isinstance(wanted, ListConfig) else [str(wanted)]
+            missing = [n for n in names if n not in job.metrics]
+            if missing:
+                hint = ""
+                if any(n.startswith("val/") for n in missing) and not any(k.startswith("val/") for k in job.metrics):
+                    hint = " (no validation ran: max_steps ended training before trainer.val_check_interval)"
+                raise ConfigError(
+                    f"optimized_metric={', '.join(missing)} is not a metric of this job{hint}. "
+                    f"Available metrics: {', '.join(sorted(job.metrics))}"
+                )
+            values = [float(job.metrics[n]) for n in names]
+            return values if isinstance(wanted, ListConfig) else values[0]
         except AlignxError as exc:
             if HydraConfig.get().mode == RunMode.RUN:
                 log.error("%s", exc)
                 _print_error(str(exc))
                 sys.exit(2)
             raise
-        _print_summary(job)
-        return None
 
     sys.argv = [sys.argv[0], *argv]
     task()
@@ -84,6 +103,12 @@ def _print_summary(job) -> None:
     if job.run_id:
         print(f"MLflow run:  {job.run_id} in {job.tracking_uri}")
         print(f"open MLflow: {ui_command(job.tracking_uri)}")
+    if job.tracking_errors:
+        print(
+            f"WARNING: {len(job.tracking_errors)} MLflow call(s) failed (first: {job.tracking_errors[0]}); "
+            f"the run in MLflow may be incomplete. Outputs on disk are complete.",
+            file=sys.stderr,
+        )
 
 
 def _plugins(argv: Sequence[str]) -> int:
@@ -118,11 +143,42 @@ def _plugins(argv: Sequence[str]) -> int:
     return 0
 
 
+def _compare(argv: Sequence[str]) -> int:
+    import argparse
+
+    from alignx.compare import DEFAULT_CURVE, DEFAULT_EXPERIMENT, DEFAULT_METRICS, CompareError, compare, print_result
+
+    parser = argparse.ArgumentParser(
+        prog="alignx compare",
+        description="Table, CSV and plots of the jobs of one sweep (alignx -m ...), logged to its parent MLflow run.",
+    )
+    parser.add_argument("sweep", nargs="?", help="parent run id or sweep dir (default: the latest sweep)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: the embedded one under $ALIGNX_OUTPUTS or ./outputs)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="where to find the latest sweep (default: %(default)s)")
+    parser.add_argument("--metric", nargs="+", action="extend", help=f"metrics to show, the first ranks (default: {' '.join(DEFAULT_METRICS)})")
+    parser.add_argument("--curve", default=DEFAULT_CURVE, help="metric to plot per step for every job (default: %(default)s)")
+    parser.add_argument("--mode", choices=["min", "max"], help="best = min or max of the first metric (default: min for loss/perplexity, else max)")
+    parser.add_argument("--out", help="output dir (default: <sweep dir>/compare)")
+    args = parser.parse_args(list(argv))
+    try:
+        result = compare(
+            args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment, metrics=args.metric,
+            curve=args.curve, mode=args.mode, out=args.out,
+        )
+    except CompareError as exc:
+        _print_error(str(exc))
+        return 2
+    print_result(result)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alignx`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plugins":
         return _plugins(argv[1:])
+    if argv and argv[0] == "compare":
+        return _compare(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return _hydra_train(argv)

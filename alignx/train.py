@@ -34,6 +34,8 @@ class Job:
     run_id: str | None = None
     tracking_uri: str | None = None
     samples: list[dict] = field(default_factory=list)
+    #: MLflow calls that failed after the run started (e.g. the server went away)
+    tracking_errors: list[str] = field(default_factory=list)
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -355,4 +357,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
+    job.tracking_errors = list(tracker.errors)
+    if job.tracking_errors:
+        log.warning(
+            "MLflow logging failed %d time(s) during this job (first: %s); the model was saved to %s, "
+            "but the MLflow run may be incomplete or not marked finished",
+            len(job.tracking_errors), job.tracking_errors[0], job.output_dir,
+        )
     return job

@@ -11,11 +11,40 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-log = logging.getLogger(__name__)
+from alignx.errors import AlignxError
+
+log = logging.getLogger("alignx")
 
 TAG_PREFIX = "alignx."
+
+
+class TrackingUnavailable(AlignxError):
+    """The MLflow tracking server cannot be reached when a job starts."""
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise TrackingUnavailable unless a remote tracking server answers its health check."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            reason = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(
+        f"MLflow tracking server {uri} is unreachable ({reason}). Start one, e.g. "
+        f"`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db`, "
+        f"or drop tracking.uri to use the embedded store under outputs/ (nothing to start), or set tracking=none."
+    )
 
 
 def default_tracking_uri(outputs_root: str | os.PathLike) -> str:
@@ -24,6 +53,9 @@ def default_tracking_uri(outputs_root: str | os.PathLike) -> str:
 
 
 def ui_command(uri: str) -> str:
+    """How to look at the runs stored at ``uri``."""
+    if _is_remote(uri):
+        return f"open {uri} in a browser (the tracking server's UI)"
     return f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -33,6 +65,7 @@ class Tracker:
     enabled = False
     run_id: str | None = None
     uri: str | None = None
+    errors: tuple[str, ...] | list[str] = ()
 
     def log_params(self, params: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
@@ -44,9 +77,15 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    """An MLflow run created (or resumed) on start; ``finish`` always sets a terminal status."""
+    """An MLflow run created on start; ``finish`` always sets a terminal status.
+
+    Creating the run must succeed (a server that is down at start is an error before any
+    training). After that, logging failures are never fatal: see :meth:`_guard`.
+    """
 
     enabled = True
+    #: while the server is down, seconds between attempts to reach it again
+    RETRY_AFTER_S = 30.0
 
     def __init__(
         self,
@@ -60,7 +99,15 @@ class MlflowTracker(Tracker):
     ) -> None:
         from mlflow import MlflowClient
 
+        if _is_remote(uri):
+            # MLflow's default HTTP retries back off for minutes; a lost server must not stall training
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            check_server(uri)
         self.uri = uri
+        self.errors: list[str] = []
+        self._down_since: float | None = None
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment(experiment, artifact_location)
         tags = dict(tags or {})
@@ -85,12 +132,51 @@ class MlflowTracker(Tracker):
                 raise
             return found.experiment_id
 
+    def _guard(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run one logging call; a failure is reported and counted, never fatal.
+
+        Losing the tracking server mid-run must not cost the training: the model is still
+        saved, every failure is warned about and the job's summary counts them. While the
+        server is down, calls are skipped (and counted) instead of each waiting out HTTP
+        retries; the server is probed again at most every RETRY_AFTER_S seconds.
+        """
+        import time
+
+        if self._down_since is not None:
+            if time.monotonic() - self._down_since < self.RETRY_AFTER_S or not self._reachable():
+                if time.monotonic() - self._down_since >= self.RETRY_AFTER_S:
+                    self._down_since = time.monotonic()  # probed and still down: wait again
+                self.errors.append(f"{what}: skipped, tracking server unavailable")
+                return
+            self._down_since = None
+            log.warning("MLflow tracking server %s is reachable again; logging resumes", self.uri)
+        try:
+            fn()
+        except Exception as exc:
+            self._down_since = time.monotonic()
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            self.errors.append(f"{what}: {type(exc).__name__}: {first_line}"[:300])
+            log.warning(
+                "MLflow logging to %s failed (%s); training continues without it, failures are counted",
+                self.uri, self.errors[-1],
+            )
+
+    def _reachable(self) -> bool:
+        if not _is_remote(self.uri or ""):
+            return True
+        try:
+            check_server(self.uri, timeout=2.0)
+            return True
+        except TrackingUnavailable:
+            return False
+
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-request param limit
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            chunk = items[i : i + 100]
+            self._guard("log params", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
@@ -100,19 +186,22 @@ class MlflowTracker(Tracker):
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+            chunk = items[i : i + 1000]
+            self._guard("log metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._guard("set tags", lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path=artifact_path or path.name)
+            dest = artifact_path or path.name
+            self._guard(f"log {dest}/", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path=dest))
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+            self._guard(f"log {path.name}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path))
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
         columns = list(rows[0]) if rows else []
@@ -124,9 +213,10 @@ class MlflowTracker(Tracker):
             target = Path(tmp) / Path(artifact_file).name
             target.write_text(text)
             parent = str(Path(artifact_file).parent)
-            self.client.log_artifact(self.run_id, str(target), artifact_path=None if parent == "." else parent)
+            dest = None if parent == "." else parent
+            self._guard(f"log {artifact_file}", lambda: self.client.log_artifact(self.run_id, str(target), artifact_path=dest))
 
     def finish(self, status: str = "FINISHED") -> None:
         if not self._finished:
-            self.client.set_terminated(self.run_id, status)
             self._finished = True
+            self._guard(f"set status {status}", lambda: self.client.set_terminated(self.run_id, status))

@@ -50,6 +50,7 @@ class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self._parent: Any = None
         self._sweep_dir: Path | None = None
+        self._optimized_metric: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from alignx.tracking.params import config_params
@@ -58,7 +59,8 @@ class MlflowSweepCallback(Callback):
         if config.tracking.name == "none":
             return
         overrides = list(config.hydra.overrides.task)
-        keys = swept_keys(overrides)
+        # swept on the command line (a=1,2) or in the sweeper's config (Optuna's hydra.sweeper.params)
+        keys = sorted(set(swept_keys(overrides)) | set(sweeper_param_keys(config)))
         self._sweep_dir = Path(config.hydra.sweep.dir).resolve()
         fixed = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}
         tracker = start_tracking(
@@ -75,6 +77,9 @@ class MlflowSweepCallback(Callback):
         (state / "jobs").mkdir(parents=True, exist_ok=True)
         (state / "sweep.json").write_text(json.dumps({"parent_run_id": tracker.run_id, "tracking_uri": tracker.uri, "swept_keys": keys}))
         self._parent = tracker
+        self._optimized_metric = config.get("optimized_metric")
+        if self._optimized_metric is not None:
+            tracker.set_tags({"alignx.optimized_metric": _metric_names(self._optimized_metric)})
         atexit.register(self._finalize)
         log.info("MLflow sweep run %s (%s)", tracker.run_id, tracker.uri)
 
@@ -107,9 +112,64 @@ class MlflowSweepCallback(Callback):
         failed_runs = sum(r.info.status != "FINISHED" for r in children)
         failed = max(failed_jobs, failed_runs)
         parent.set_tags({"alignx.jobs": str(max(len(jobs), len(children))), "alignx.failed_jobs": str(failed)})
+        try:
+            self._record_best(parent, children)
+        except Exception as exc:  # the sweep's status matters more than its summary
+            log.warning("could not record the best trial on MLflow sweep run %s: %s", parent.run_id, exc)
         status = "FINISHED" if failed == 0 and jobs else "FAILED"
         parent.finish(status)
         log.info("MLflow sweep run %s: %s (%d failed of %d jobs)", parent.run_id, status, failed, len(jobs))
+
+
+    def _record_best(self, parent: Any, children: list) -> None:
+        """Put an optimizing sweeper's result (Optuna's optimization_results.yaml) on the parent run.
+
+        Params ``best.<key>`` for the best trial's parameters, metric ``best/<optimized_metric>``
+        for its value, tag ``alignx.best_run_id`` naming the child run of that trial. Absent file
+        (a grid sweep, or a sweep that failed before the sweeper wrote it): nothing to record.
+        """
+        path = self._sweep_dir / "optimization_results.yaml"
+        if not path.is_file():
+            return
+        results = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        metric = _metric_names(self._optimized_metric) if self._optimized_metric is not None else "objective"
+        tags = {"alignx.optimized_metric": metric, "alignx.optimizer": str(results.get("name", ""))}
+        if "best_params" in results and "best_value" in results:
+            best_value = float(results["best_value"])
+            parent.log_params({f"best.{k}": str(v) for k, v in results["best_params"].items()})
+            parent.log_metrics({f"best/{metric}": best_value})
+            tags["alignx.best_value"] = repr(best_value)
+            best = _child_with_value(children, metric, best_value)
+            if best is not None:
+                tags["alignx.best_run_id"] = best.info.run_id
+        elif "solutions" in results:  # multi-objective: a Pareto front, not one best trial
+            tags["alignx.pareto_solutions"] = str(len(results["solutions"]))
+        parent.set_tags(tags)
+        log.info("MLflow sweep run %s: best trial %s", parent.run_id, results.get("best_params", tags))
+
+
+def sweeper_param_keys(config: DictConfig) -> list[str]:
+    """Keys the sweeper itself varies (``hydra.sweeper.params``: Optuna's search space, or the basic sweeper's)."""
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    return [str(k) for k in params.keys()] if isinstance(params, DictConfig) else []
+
+
+def _metric_names(optimized_metric: Any) -> str:
+    if isinstance(optimized_metric, (list, tuple)) or OmegaConf.is_list(optimized_metric):
+        return ",".join(str(m) for m in optimized_metric)
+    return str(optimized_metric)
+
+
+def _child_with_value(children: list, metric: str, value: float) -> Any:
+    """The finished child run whose ``metric`` is (to float32 rounding) ``value``, if exactly one is."""
+    import math
+
+    matches = [
+        c for c in children
+        if c.info.status == "FINISHED" and metric in c.data.metrics
+        and math.isclose(c.data.metrics[metric], value, rel_tol=1e-6, abs_tol=1e-9)
+    ]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _resolvable(tree: Any) -> Any:

@@ -1,0 +1,548 @@
+"""``alignx compare``: one table and a few plots for the jobs of a sweep.
+
+A Hydra multirun leaves one MLflow parent run (tag ``alignx.sweep=true``) with one child run per
+job (see :mod:`alignx.tracking.sweep`). :func:`compare` reads the children, builds a table of what
+each job swept and what it scored, marks the best job, writes ``compare.csv`` and PNG plots, and
+logs them back to the parent under ``compare/`` so the MLflow UI shows them next to the sweep.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids, never the fluent API:
+its process-global active run is exactly what the rest of alignx avoids (see tracking/run.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import unquote, urlparse
+
+from alignx.errors import AlignxError
+
+#: metrics shown when none are asked for, in this order; only those some job has are kept
+DEFAULT_METRICS = ("eval/gold_reward_sampled", "eval/gold_reward_greedy", "eval/perplexity", "val/loss")
+DEFAULT_CURVE = "train/loss"
+DEFAULT_EXPERIMENT = "alignx"
+ARTIFACT_DIR = "compare"
+
+SWEEP_TAG = "alignx.sweep"
+SWEEP_DIR_TAG = "alignx.sweep_dir"
+PARENT_TAG = "mlflow.parentRunId"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class CompareError(AlignxError):
+    """Nothing to compare: no store, no sweep, an unknown run id, an unknown metric."""
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` found and wrote.
+
+    ``rows`` are the table (one dict per job, keys = ``columns``); ``best`` indexes the best row
+    (None when no job has the ranking metric); ``paths`` are the files written, in order
+    (``compare.csv`` first), all also logged to the parent run under ``compare/``.
+    """
+
+    parent_run_id: str
+    tracking_uri: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    params: list[str]
+    metrics: list[str]
+    metric: str | None
+    mode: str
+    best: int | None
+    out_dir: Path
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: where in the parent run's artifacts ``paths`` were logged (None: not logged)
+    artifact_path: str | None = None
+
+
+# -- public entry point ----------------------------------------------------------------------
+
+
+def compare(
+    sweep: str | os.PathLike | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    metrics: Sequence[str] | None = None,
+    curve: str = DEFAULT_CURVE,
+    mode: str | None = None,
+    out: str | os.PathLike | None = None,
+    log_artifacts: bool = True,
+) -> CompareResult:
+    """Compare the jobs of one sweep; write and log ``compare.csv`` and plots.
+
+    Args:
+        sweep: the parent run id, the sweep directory (``hydra.sweep.dir``), or None for the
+            latest sweep in ``experiment``.
+        tracking_uri: MLflow store; default the embedded ``<outputs_root>/mlflow.db`` (the one
+            ``alignx -m ...`` wrote to from the same directory), or the one the sweep dir names.
+        experiment: where to look for the latest sweep (only used when ``sweep`` is None).
+        metrics: table columns, the first one ranks the jobs; default :data:`DEFAULT_METRICS`.
+        curve: the metric whose per-step history is plotted for every job.
+        mode: ``max`` or ``min`` for the ranking metric; default ``min`` for losses and
+            perplexities, ``max`` for anything else (rewards, accuracies).
+        out: output directory; default ``<sweep dir>/compare`` or ``<outputs_root>/compare/<id>``.
+        log_artifacts: also log the files to the parent run under ``compare/``.
+
+    Raises:
+        CompareError: with a message a user can act on (what exists instead, when helpful).
+    """
+    if mode not in (None, "min", "max"):
+        raise CompareError(f"--mode must be 'min' or 'max', not {mode!r}")
+    uri = tracking_uri or _sweep_dir_uri(sweep) or default_uri()
+    client = _client(uri)
+    parent = _find_parent(client, uri, sweep, experiment)
+    children = _children(client, parent)
+    if not children:
+        if parent.data.tags.get(SWEEP_TAG) != "true":
+            raise CompareError(f"run {parent.info.run_id} is not a sweep (it has no job runs); compare a sweep's parent run")
+        raise CompareError(f"sweep run {parent.info.run_id} in {uri} has no job runs (yet?)")
+
+    notes: list[str] = []
+    params = _swept_params(parent, children)
+    chosen, missing = _pick_metrics(children, metrics)
+    if metrics and missing:
+        if not chosen:
+            raise CompareError(
+                f"no job of sweep {parent.info.run_id} has {', '.join(missing)}; "
+                f"metrics they have: {', '.join(_all_metrics(children)) or '(none)'}"
+            )
+        notes.append(f"not logged by any job, left out: {', '.join(missing)}")
+    metric = chosen[0] if chosen else None
+    mode = mode or (infer_mode(metric) if metric else "max")
+
+    rows = [_row(run, params, chosen) for run in children]
+    best = _best(rows, metric, mode)
+    if best is not None:
+        ties = sum(r.get(metric) == rows[best][metric] for r in rows)
+        if ties > 1:
+            notes.append(f"{ties} jobs tie on {metric}; the first of them is marked best")
+    for i, row in enumerate(rows):
+        row["best"] = "*" if i == best else ""
+    columns = ["job", "status", *params, *chosen, "best", "run_id"]
+
+    out_dir = Path(out) if out else _default_out(parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [_write_csv(out_dir / "compare.csv", columns, rows)]
+    if metric:
+        for param in params:
+            path = _plot_metric_vs_param(out_dir, rows, param, params, metric, mode, best)
+            if path:
+                paths.append(path)
+    else:
+        notes.append("no metric to rank or plot the jobs by")
+    curve_path = _plot_curves(out_dir, client, children, curve)
+    if curve_path:
+        paths.append(curve_path)
+    else:
+        notes.append(f"no job logged {curve!r}: no learning-curve plot")
+
+    if log_artifacts:
+        # the parent may be FINISHED; MLflow still accepts artifacts for it. Only this call's
+        # files: a stale plot left in out_dir by an earlier compare must not be logged as new.
+        for path in paths:
+            client.log_artifact(parent.info.run_id, str(path), artifact_path=ARTIFACT_DIR)
+    return CompareResult(
+        parent_run_id=parent.info.run_id,
+        tracking_uri=uri,
+        columns=columns,
+        rows=rows,
+        params=params,
+        metrics=chosen,
+        metric=metric,
+        mode=mode,
+        best=best,
+        out_dir=out_dir.resolve(),
+        paths=[p.resolve() for p in paths],
+        notes=notes,
+        artifact_path=ARTIFACT_DIR if log_artifacts else None,
+    )
+
+
+def infer_mode(metric: str) -> str:
+    """``min`` for losses and perplexities (lower is better), ``max`` for everything else."""
+    name = metric.lower()
+    return "min" if "loss" in name or "perplexity" in name or name.endswith("ppl") else "max"
+
+
+def default_uri() -> str:
+    """The embedded store ``alignx`` trains into from this directory: $ALIGNX_OUTPUTS or ./outputs."""
+    from omegaconf import OmegaConf
+
+    from alignx.train import resolve_outputs_root
+
+    # = alignx.tracking.default_tracking_uri, restated: importing the alignx.tracking package
+    # imports Lightning (its logger bridge), ~10 s for a command that trains nothing.
+    return f"sqlite:///{resolve_outputs_root(OmegaConf.create()) / 'mlflow.db'}"
+
+
+# -- finding the sweep -----------------------------------------------------------------------
+
+
+def _read_sweep_record(sweep_dir: Path) -> dict:
+    """``<sweep dir>/.alignx/sweep.json`` (parent run id, tracking uri), written by the sweep callback.
+
+    Same as alignx.tracking.sweep.read_parent, which cannot be imported without Lightning (above).
+    """
+    path = sweep_dir / ".alignx" / "sweep.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # unreadable: fall back to matching the parent's alignx.sweep_dir tag
+
+
+def _sweep_dir_uri(sweep: str | os.PathLike | None) -> str | None:
+    """The store a sweep dir's record names, so ``compare <dir>`` works from any directory."""
+    if sweep is None or not Path(sweep).expanduser().is_dir():
+        return None
+    return _read_sweep_record(Path(sweep).expanduser().resolve()).get("tracking_uri")
+
+
+def _local_store(uri: str) -> Path | None:
+    """The file or directory behind a local store URI (None for servers and databases)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        # sqlite:////abs/path -> /abs/path; sqlite:///rel -> rel; :memory: has no file
+        path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""
+        return Path(path) if path and path != ":memory:" else None
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(uri)
+    return None
+
+
+def _client(uri: str):
+    # An sqlite store is created on first use: check first, or a typo would leave an empty db.
+    local = _local_store(uri)
+    if local is not None and not local.exists():
+        raise CompareError(
+            f"no MLflow store at {local} ({uri}); run a sweep first (alignx -m ...) from this "
+            "directory, or pass --tracking-uri (or set $ALIGNX_OUTPUTS)"
+        )
+    from mlflow import MlflowClient  # after the check: importing MLflow takes seconds
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_ids(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def _sweep_parents(client, experiment_ids: list[str], extra: str = "", max_results: int = 1000) -> list:
+    filter_string = f"tags.`{SWEEP_TAG}` = 'true'" + (f" and {extra}" if extra else "")
+    if not experiment_ids:
+        return []
+    return client.search_runs(
+        experiment_ids, filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=max_results
+    )
+
+
+def _listing(runs: list, limit: int = 10) -> str:
+    lines = [f"  {r.info.run_id}  {r.info.run_name}  ({r.data.tags.get(SWEEP_DIR_TAG, '?')})" for r in runs[:limit]]
+    if len(runs) > limit:
+        lines.append(f"  ... and {len(runs) - limit} more")
+    return "\n".join(lines)
+
+
+def _find_parent(client, uri: str, sweep: str | os.PathLike | None, experiment: str):
+    """The sweep's parent run, from an id, a sweep dir, or the latest in ``experiment``."""
+    if sweep is None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = ", ".join(e.name for e in client.search_experiments()) or "(none)"
+            raise CompareError(f"no experiment {experiment!r} in {uri}; experiments there: {names}")
+        found = _sweep_parents(client, [exp.experiment_id], max_results=1)
+        if not found:
+            raise CompareError(
+                f"no sweep in experiment {experiment!r} of {uri}; run one with `alignx -m key=a,b ...`"
+            )
+        return found[0]
+
+    text = str(sweep)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        sweep_dir = path.resolve()
+        record = _read_sweep_record(sweep_dir)
+        run_id = record.get("parent_run_id")
+        if run_id:
+            return _get_run(client, uri, run_id)
+        # no record (e.g. copied without .alignx/): fall back to the tag every parent carries
+        # (matched here, not in a filter string, so no path needs quoting for MLflow's parser)
+        known = _sweep_parents(client, _experiment_ids(client))
+        found = [r for r in known if r.data.tags.get(SWEEP_DIR_TAG) == str(sweep_dir)]
+        if found:
+            return found[0]  # newest first: a sweep dir reused by a later sweep means that one
+        raise CompareError(
+            f"no sweep run for directory {sweep_dir} in {uri}"
+            + (f"; sweeps there:\n{_listing(known)}" if known else "; there are no sweeps there")
+        )
+    if not _RUN_ID.match(text) and ("/" in text or os.sep in text or text.startswith(".")):
+        raise CompareError(f"no such sweep directory: {text}")
+    return _get_run(client, uri, text)
+
+
+def _get_run(client, uri: str, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        known = _sweep_parents(client, _experiment_ids(client))
+        raise CompareError(
+            f"no run {run_id!r} in {uri}"
+            + (f"; sweeps there:\n{_listing(known)}" if known else "; there are no sweeps there")
+        ) from None
+    parent_of = run.data.tags.get(PARENT_TAG)
+    if run.data.tags.get(SWEEP_TAG) != "true" and parent_of:
+        raise CompareError(f"run {run_id} is one job of a sweep; compare the sweep: alignx compare {parent_of}")
+    return run
+
+
+def _children(client, parent) -> list:
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+        max_results=10000,
+    )
+    # job order (Hydra's job number), not MLflow's default newest-first
+    def key(run) -> tuple:
+        num = run.data.tags.get("alignx.job_num", "")
+        return (int(num) if num.isdigit() else math.inf, run.info.start_time or 0)
+
+    return sorted(runs, key=key)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def _param_value(run, key: str) -> str:
+    """A job's value of swept key ``key``.
+
+    A config-group override (``adapter=lora``) is logged as ``adapter.name``; anything else
+    as itself. The job's overrides tag is the last resort (e.g. ``+new_key=...``).
+    """
+    params = run.data.params
+    for name in (key, f"{key}.name"):
+        if name in params:
+            return params[name]
+    for override in run.data.tags.get("alignx.overrides", "").split():
+        k, sep, v = override.partition("=")
+        if sep and k.lstrip("+~") == key:
+            return v
+    return ""
+
+
+def _swept_params(parent, children: list) -> list[str]:
+    """The swept keys the parent recorded; else the params whose values differ across jobs."""
+    keys = [k for k in parent.data.params.get("alignx.swept_keys", "").split(",") if k]
+    if keys:
+        return keys
+    names = sorted({k for run in children for k in run.data.params})
+    return [k for k in names if len({run.data.params.get(k) for run in children}) > 1]
+
+
+def _all_metrics(children: list) -> list[str]:
+    return sorted({k for run in children for k in run.data.metrics})
+
+
+def _pick_metrics(children: list, wanted: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(metrics some job logged, in the asked order; the asked ones no job logged)."""
+    have = set(_all_metrics(children))
+    wanted = list(dict.fromkeys(wanted or DEFAULT_METRICS))
+    return [m for m in wanted if m in have], [m for m in wanted if m not in have]
+
+
+def _row(run, params: list[str], metrics: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"job": run.info.run_name, "status": run.info.status}
+    for key in params:
+        row[key] = _param_value(run, key)
+    for name in metrics:
+        # run.data.metrics holds each metric's last value (highest step): the final one
+        value = run.data.metrics.get(name)
+        row[name] = float(value) if value is not None else None
+    row["run_id"] = run.info.run_id
+    return row
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def _best(rows: list[dict], metric: str | None, mode: str) -> int | None:
+    """Index of the best row by ``metric`` (the first on ties); None when no row has it."""
+    if metric is None:
+        return None
+    scored = [(i, r[metric]) for i, r in enumerate(rows) if _is_number(r.get(metric))]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda item: item[1])[0]
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    return path
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    """A metric or param name as a file-name part: ``train/loss`` -> ``train_loss``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "value"
+
+
+def _pyplot():
+    import matplotlib
+
+    # no display on servers and in CI; Agg also never opens windows on a desktop
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _as_numbers(values: list[str]) -> list[float] | None:
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+    return numbers if all(math.isfinite(n) for n in numbers) else None
+
+
+def _plot_metric_vs_param(
+    out_dir: Path, rows: list[dict], param: str, params: list[str], metric: str, mode: str, best: int | None
+) -> Path | None:
+    """Final ``metric`` against ``param``: one series per combination of the other swept params."""
+    points = [(i, r) for i, r in enumerate(rows) if r.get(param) not in ("", None) and _is_number(r.get(metric))]
+    if not points:
+        return None
+    plt = _pyplot()
+    others = [p for p in params if p != param]
+    numbers = _as_numbers([r[param] for _, r in points])
+    # categorical values keep their first-seen order (the sweep's order)
+    categories = list(dict.fromkeys(r[param] for _, r in points))
+    series: dict[str, list[tuple[int, dict]]] = {}
+    for i, r in points:
+        label = " ".join(f"{o}={r.get(o)}" for o in others) or metric
+        series.setdefault(label, []).append((i, r))
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    best_xy = None
+    for n, (label, members) in enumerate(series.items()):
+        if numbers is not None:
+            members = sorted(members, key=lambda m: float(m[1][param]))
+            xs = [float(r[param]) for _, r in members]
+            ax.plot(xs, [r[metric] for _, r in members], marker="o", label=label)
+        else:
+            # dodge the series a little so equal values on one category do not hide each other
+            shift = (n - (len(series) - 1) / 2) * 0.08
+            xs = [categories.index(r[param]) + shift for _, r in members]
+            ax.plot(xs, [r[metric] for _, r in members], marker="o", linestyle="none", label=label)
+        best_xy = best_xy or next(((x, r[metric]) for x, (i, r) in zip(xs, members) if i == best), None)
+    if best_xy is not None:
+        ax.scatter(*best_xy, s=180, facecolors="none", edgecolors="red", zorder=5, label="best")
+    if numbers is not None:
+        low, high = min(numbers), max(numbers)
+        if low > 0 and high / low > 10:  # an lr or a weight decay: even spacing on a log axis
+            ax.set_xscale("log")
+        values = list(dict.fromkeys(r[param] for _, r in points))
+        if len(values) <= 8:  # a sweep's few values: tick exactly those, written as swept
+            ax.set_xticks([float(v) for v in values], values)
+            ax.minorticks_off()
+    else:
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set_xlabel(param)
+    ax.set_ylabel(f"{metric} (final, {mode} is best)")
+    ax.set_title(f"{metric} vs {param}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out_dir / f"metric_vs_{_safe(param)}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(out_dir: Path, client, children: list, metric: str) -> Path | None:
+    """``metric`` against step for every job (its full history, not just the final value)."""
+    histories = []
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, metric)
+        if history:
+            history = sorted(history, key=lambda m: (m.step, m.timestamp))
+            histories.append((run.info.run_name, [m.step for m in history], [m.value for m in history]))
+    if not histories:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for name, steps, values in histories:
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}, every job")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    path = out_dir / f"curves_{_safe(metric)}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _default_out(parent) -> Path:
+    """``<sweep dir>/compare`` next to the jobs; else under the outputs root, by parent id."""
+    from omegaconf import OmegaConf
+
+    from alignx.train import resolve_outputs_root
+
+    sweep_dir = parent.data.tags.get(SWEEP_DIR_TAG)
+    if sweep_dir and Path(sweep_dir).is_dir():
+        return Path(sweep_dir) / "compare"
+    return resolve_outputs_root(OmegaConf.create()) / "compare" / parent.info.run_id
+
+
+# -- console ---------------------------------------------------------------------------------
+
+
+def print_result(result: CompareResult) -> None:
+    """The table (rich) and then the written paths (plain prints: copy-pasteable, never wrapped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = [c for c in result.columns if c != "run_id"]
+    table = Table(title=f"alignx compare: sweep {result.parent_run_id}", show_header=True)
+    for col in shown:
+        header = f"{col} ({result.mode})" if col == result.metric else col
+        numeric = col in result.metrics
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
+    for i, row in enumerate(result.rows):
+        cells = []
+        for col in shown:
+            value = row.get(col)
+            cells.append(f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value)))
+        table.add_row(*cells, style="bold green" if i == result.best else None)
+    Console(width=max(120, sum(len(c) + 8 for c in shown))).print(table)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.best is not None:
+        best = result.rows[result.best]
+        print(f"best:        {best['job']} ({result.metric} = {best[result.metric]:.6g}, run {best['run_id']})")
+    for path in result.paths:
+        print(f"wrote:       {path}")
+    if result.artifact_path:
+        print(f"logged to:   run {result.parent_run_id}, artifacts {result.artifact_path}/ in {result.tracking_uri}")

@@ -1,0 +1,134 @@
+"""``alignx compare`` on one real sweep: table, CSV, plots, artifacts on the parent, and errors.
+
+The sweep (4 jobs of 3 steps) runs once per module as a real subprocess; its store is the
+default one, ``<tmp>/outputs/mlflow.db``, so plain ``alignx compare`` run from ``<tmp>`` finds it.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import fast, run_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+#: no inherited $ALIGNX_OUTPUTS: the default store must be ./outputs of the cwd
+ENV = {"ALIGNX_OUTPUTS": None}
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A finished 2x2 sweep (adapter x optim.lr); returns the directory it was launched from."""
+    tmp = tmp_path_factory.mktemp("compare")
+    args = ["-m", *fast("optim.lr=1e-3,3e-3", "adapter=none,lora", "trainer.max_steps=3")]
+    proc = run_cli([*args, f"hydra.sweep.dir={tmp / 'sweep'}", f"outputs_root={tmp / 'outputs'}"], tmp, ENV)
+    assert proc.returncode == 0, explain(proc)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def client(sweep):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{sweep / 'outputs' / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def parent_id(client) -> str:
+    exp = client.get_experiment_by_name("alignx")
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`alignx.sweep` = 'true'")
+    return parent.info.run_id
+
+
+@pytest.fixture(scope="module")
+def compared(sweep) -> subprocess.CompletedProcess:
+    """Plain ``alignx compare`` (latest sweep, default store) from the sweep's launch directory."""
+    return run_cli(["compare"], sweep, ENV)
+
+
+def test_compare_latest_sweep_writes_table_plots_and_artifacts(sweep, compared, client, parent_id):
+    assert compared.returncode == 0, explain(compared)
+    out = sweep / "sweep" / "compare"  # next to the jobs, since the sweep dir exists
+    rows = read_csv(out / "compare.csv")
+    assert len(rows) == 4
+    metric = "eval/gold_reward_sampled"  # the first default metric ranks
+    for col in ("job", "status", "adapter", "optim.lr", metric, "eval/gold_reward_greedy", "eval/perplexity", "best"):
+        assert col in rows[0], col
+    assert {(r["adapter"], float(r["optim.lr"])) for r in rows} == {
+        ("none", 1e-3), ("none", 3e-3), ("lora", 1e-3), ("lora", 3e-3)
+    }
+    assert all(r["status"] == "FINISHED" for r in rows)
+    best = [r for r in rows if r["best"] == "*"]
+    assert len(best) == 1 and float(best[0][metric]) == max(float(r[metric]) for r in rows)
+    assert [r for r in rows if r["best"] not in ("*", "")] == []
+
+    pngs = ["metric_vs_adapter.png", "metric_vs_optim.lr.png", "curves_train_loss.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == PNG, name
+        assert str(out / name) in compared.stdout  # the paths are printed, whole
+    assert "optim.lr" in compared.stdout and best[0]["job"] in compared.stdout  # the rich table
+
+    logged = {a.path for a in client.list_artifacts(parent_id, "compare")}
+    assert logged >= {"compare/compare.csv", *(f"compare/{n}" for n in pngs)}
+
+
+def test_by_parent_id_and_by_sweep_dir_give_the_same_rows(sweep, compared, parent_id, tmp_path):
+    from alignx.compare import compare
+
+    assert compared.returncode == 0, explain(compared)
+    by_id = compare(
+        parent_id, tracking_uri=f"sqlite:///{sweep / 'outputs' / 'mlflow.db'}", out=tmp_path / "by_id", log_artifacts=False
+    )
+    assert by_id.parent_run_id == parent_id
+    assert by_id.params == ["adapter", "optim.lr"]
+    # by directory, from elsewhere: the sweep dir's record names the store, no --tracking-uri
+    proc = run_cli(["compare", str(sweep / "sweep"), "--out", str(tmp_path / "by_dir")], tmp_path, ENV)
+    assert proc.returncode == 0, explain(proc)
+    by_dir = read_csv(tmp_path / "by_dir" / "compare.csv")
+    assert by_dir == read_csv(by_id.paths[0])
+    assert {r["run_id"] for r in by_dir} == {r["run_id"] for r in by_id.rows}
+    assert read_csv(sweep / "sweep" / "compare" / "compare.csv") == by_dir
+
+
+def test_loss_like_metric_ranks_by_min(sweep, compared, parent_id, tmp_path):
+    from alignx.compare import compare, infer_mode
+
+    assert (infer_mode("val/loss"), infer_mode("eval/perplexity"), infer_mode("eval/gold_reward_greedy")) == (
+        "min", "min", "max"
+    )
+    result = compare(
+        str(sweep / "sweep"), metrics=["eval/perplexity", "no/such_metric"], out=tmp_path, log_artifacts=False
+    )
+    assert result.metric == "eval/perplexity" and result.mode == "min"
+    assert result.metrics == ["eval/perplexity"] and any("no/such_metric" in n for n in result.notes)
+    values = [r["eval/perplexity"] for r in result.rows]
+    assert result.best == values.index(min(values))
+    assert [r["best"] for r in result.rows].count("*") == 1
+
+
+def test_unknown_run_id_is_a_clear_error(sweep, compared, parent_id):
+    proc = run_cli(["compare", "0123456789abcdef0123456789abcdef"], sweep, ENV)
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.startswith("alignx: error: no run '0123456789abcdef0123456789abcdef'"), explain(proc)
+    assert parent_id in proc.stderr  # lists the sweeps that do exist
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_store_is_a_clear_error(tmp_path):
+    proc = run_cli(["compare"], tmp_path, ENV)
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.startswith("alignx: error: no MLflow store at"), explain(proc)
+    assert str(tmp_path / "outputs" / "mlflow.db") in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # looking did not create an empty store
