@@ -74,6 +74,7 @@ class DataSchema:
     eval_batch_size: int = 64
     length_bucketing: bool = True
     num_workers: int = 0
+    cache: bool = True
 
 
 @dataclass

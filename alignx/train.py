@@ -104,10 +104,24 @@ def build_policy(cfg: DictConfig, registry: Registry, output_dir: Path) -> tuple
     return model, tokenizer, base_dir
 
 
-def encode_split(objective_cls: Any, rows: Sequence[dict], tokenizer: Any, data_cfg: Any) -> tuple[list[dict], Any]:
+def encode_split(
+    objective_cls: Any, rows: Sequence[dict], tokenizer: Any, data_cfg: Any, cache_dir: Path | None = None, label: str = ""
+) -> tuple[list[dict], Any, bool]:
+    """Encode rows for ``objective_cls``; returns (items, stats, cache_hit).
+
+    With ``cache_dir``, identical work (same rows, tokenizer, encoding and formatting settings)
+    is done once and shared, e.g. by every job of a sweep.
+    """
+    from alignx.data.cache import cache_key, cached_encode
     from alignx.data.tokenize import encode_rows
 
-    return encode_rows(rows, lambda r: objective_cls.encode(r, tokenizer, data_cfg))
+    def encode() -> tuple[list[dict], Any]:
+        return encode_rows(rows, lambda r: objective_cls.encode(r, tokenizer, data_cfg))
+
+    if cache_dir is None:
+        return (*encode(), False)
+    encoder = f"{objective_cls.__module__}.{objective_cls.__qualname__}.encode"
+    return cached_encode(cache_dir, cache_key(rows, tokenizer, encoder, data_cfg), encode, label)
 
 
 def start_tracking(
@@ -211,7 +225,7 @@ def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, ob
     chat = bool(cfg.data.chat_template)
     prompts = list(dict.fromkeys(prompt_text(r, tokenizer, chat) for r in test_rows))[: int(cfg.eval.num_prompts)]
     templated = chat or any("messages" in r for r in test_rows)
-    items, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
+    items, _, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
     collate = SFT.collate_fn(tokenizer)
     bs = int(cfg.data.eval_batch_size)
     batches = [collate(items[i : i + bs]) for i in range(0, len(items), bs)]
@@ -279,8 +293,9 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     rows = load_rows(cfg, registry, objective_cls.data_kind)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, base_dir = build_policy(cfg, registry, output_dir)
-    train_items, train_stats = encode_split(objective_cls, rows["train"], tokenizer, cfg.data)
-    val_items, val_stats = encode_split(objective_cls, rows["val"], tokenizer, cfg.data)
+    cache_dir = outputs_root / "cache" / "tokenized" if cfg.data.cache else None
+    train_items, train_stats, train_hit = encode_split(objective_cls, rows["train"], tokenizer, cfg.data, cache_dir, "train")
+    val_items, val_stats, val_hit = encode_split(objective_cls, rows["val"], tokenizer, cfg.data, cache_dir, "val")
     if not train_items:
         raise DataError(
             f"every training row was dropped by data.truncation={cfg.data.truncation} at data.max_length={cfg.data.max_length}",
@@ -307,8 +322,14 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
         (output_dir / "config.yaml").write_text(config_yaml)
         tracker.log_text(config_yaml, "config/resolved.yaml")
-        data_metrics = {**train_stats.as_metrics("data/train"), **val_stats.as_metrics("data/val")}
+        data_metrics = {
+            **train_stats.as_metrics("data/train"),
+            **val_stats.as_metrics("data/val"),
+            "data/train/cache_hit": float(train_hit),
+            "data/val/cache_hit": float(val_hit),
+        }
         tracker.log_metrics(data_metrics, step=0)
+        job.metrics.update(data_metrics)
 
         from alignx.data.module import AlignDataModule
 
