@@ -178,24 +178,21 @@ def default_uri() -> str:
     """The embedded store ``alignx`` trains into from this directory: $ALIGNX_OUTPUTS or ./outputs."""
     from omegaconf import OmegaConf
 
+    from alignx.tracking.run import default_tracking_uri
     from alignx.train import resolve_outputs_root
 
-    # = alignx.tracking.default_tracking_uri, restated: importing the alignx.tracking package
-    # imports Lightning (its logger bridge), ~10 s for a command that trains nothing.
-    return f"sqlite:///{resolve_outputs_root(OmegaConf.create()) / 'mlflow.db'}"
+    return default_tracking_uri(resolve_outputs_root(OmegaConf.create()))
 
 
 # -- finding the sweep -----------------------------------------------------------------------
 
 
 def _read_sweep_record(sweep_dir: Path) -> dict:
-    """``<sweep dir>/.alignx/sweep.json`` (parent run id, tracking uri), written by the sweep callback.
+    """The sweep callback's record (parent run id, tracking uri); {} if missing or unreadable."""
+    from alignx.tracking.sweep import read_parent
 
-    Same as alignx.tracking.sweep.read_parent, which cannot be imported without Lightning (above).
-    """
-    path = sweep_dir / ".alignx" / "sweep.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_parent(sweep_dir) or {}
     except (OSError, ValueError):
         return {}  # unreadable: fall back to matching the parent's alignx.sweep_dir tag
 
