@@ -314,7 +314,6 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     )
     job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri)
     try:
-        from alignx.config import PRIMARY_CONFIG
         from alignx.tracking import config_params
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
