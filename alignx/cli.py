@@ -93,7 +93,7 @@ def _print_summary(job) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in sorted(job.metrics):
-        if key.startswith(("eval/", "val/", "train/loss")):
+        if key.startswith("eval/") or key in ("train/loss", "val/loss"):
             table.add_row(key, f"{job.metrics[key]:.4f}")
     console.print(table)
     # plain prints: paths and commands must stay copy-pasteable, never wrapped
