@@ -52,7 +52,8 @@ def _hydra_train(argv: Sequence[str]) -> int:
             pl_logger.removeHandler(handler)
         try:
             job = train(cfg)
-            _print_summary(job)
+            if job.rank_zero:
+                _print_summary(job)
             # What a sweeper optimises (Optuna): the job's value of `optimized_metric`, or a list
             # of values for a multi-objective study. null (the default): nothing to return.
             wanted = cfg.get("optimized_metric")

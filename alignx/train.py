@@ -36,6 +36,8 @@ class Job:
     samples: list[dict] = field(default_factory=list)
     #: MLflow calls that failed after the run started (e.g. the server went away)
     tracking_errors: list[str] = field(default_factory=list)
+    #: False in the extra processes of a data-parallel job, which neither track nor write outputs
+    rank_zero: bool = True
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -85,6 +87,13 @@ def load_rows(cfg: DictConfig, registry: Registry, kind: str) -> dict[str, list[
     return rows
 
 
+def _is_rank_zero() -> bool:
+    # Lightning's DDP launcher starts the other ranks with RANK/LOCAL_RANK set in the environment
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return (_get_rank() or 0) == 0
+
+
 def build_policy(cfg: DictConfig, registry: Registry, output_dir: Path) -> tuple[Any, Any, Path | None]:
     """Model (with adapter) and tokenizer. Returns (model, tokenizer, base_dir).
 
@@ -96,7 +105,7 @@ def build_policy(cfg: DictConfig, registry: Registry, output_dir: Path) -> tuple
     adapter_name = str(cfg.adapter.name)
     base_dir = None
     if adapter_name != "none":
-        if cfg.save.model and str(cfg.model.kind) != "hf":
+        if cfg.save.model and str(cfg.model.kind) != "hf" and _is_rank_zero():
             from alignx.models.loading import save_pretrained_atomic
 
             base_dir = save_pretrained_atomic(output_dir / "base", model, tokenizer)
@@ -308,18 +317,25 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
             cfg.data.max_length, cfg.data.truncation,
         )
 
-    parent_run_id, job_name, job_tags = sweep_job(overrides)
-    tracker = start_tracking(
-        cfg, outputs_root, overrides, run_name=job_name, extra_tags=job_tags, parent_run_id=parent_run_id
-    )
-    job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri)
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        parent_run_id, job_name, job_tags = sweep_job(overrides)
+        tracker = start_tracking(
+            cfg, outputs_root, overrides, run_name=job_name, extra_tags=job_tags, parent_run_id=parent_run_id
+        )
+    else:
+        from alignx.tracking import Tracker
+
+        tracker = Tracker()  # one job, one run: only rank 0 records it
+    job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri, rank_zero=rank_zero)
     try:
         from alignx.tracking import config_params
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
         tracker.log_params(config_params(resolved))
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
-        (output_dir / "config.yaml").write_text(config_yaml)
+        if rank_zero:
+            (output_dir / "config.yaml").write_text(config_yaml)
         tracker.log_text(config_yaml, "config/resolved.yaml")
         data_metrics = {
             **train_stats.as_metrics("data/train"),

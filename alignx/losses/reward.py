@@ -1,0 +1,63 @@
+"""Reward-model losses: Bradley–Terry pairwise and InstructGPT K-wise ranking (pure functions)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bradley_terry_loss(
+    r_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    *,
+    margin: float | torch.Tensor | None = None,
+    center_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Pairwise Bradley–Terry loss on scalar rewards ``r_w``, ``r_l`` [B].
+
+    ``loss = mean(-log σ(r_w - r_l - m)) + c · mean((r_w + r_l)²)`` where ``m`` is the optional
+    margin (a float or a per-pair [B] tensor, Llama 2 style; None means 0) and ``c = center_coef``
+    the optional centring term that keeps rewards near 0. Returns ``(loss scalar, metrics)`` with
+    detached 0-dim metrics ``accuracy`` = mean(r_w > r_l), ``margin`` = mean(r_w - r_l) and
+    ``reward_mean`` / ``reward_min`` / ``reward_max`` over both columns.
+    """
+    if r_chosen.shape != r_rejected.shape:
+        raise ValueError(f"r_chosen {tuple(r_chosen.shape)} and r_rejected {tuple(r_rejected.shape)} differ in shape")
+    diff = r_chosen - r_rejected
+    logits = diff if margin is None else diff - margin
+    loss = -F.logsigmoid(logits).mean()
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    both = torch.cat([r_chosen.detach().reshape(-1), r_rejected.detach().reshape(-1)]).float()
+    metrics = {
+        "accuracy": (r_chosen.detach() > r_rejected.detach()).float().mean(),
+        "margin": diff.detach().float().mean(),
+        "reward_mean": both.mean(),
+        "reward_min": both.min(),
+        "reward_max": both.max(),
+    }
+    return loss, metrics
+
+
+def kwise_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """InstructGPT K-wise ranking loss for one prompt: mean over comparable pairs of ``-log σ(r_i - r_j)``.
+
+    ``rewards`` [K] are the scalar rewards of K responses to the same prompt, ``ranks`` [K] their
+    labelled ranks (0 = best, lower is better; any numbers, only their order matters). Every pair
+    (i, j) with ``ranks[i] < ranks[j]`` contributes once, so a strict ranking gives all C(K, 2)
+    pairs. Tied ranks are allowed and their pairs are skipped (they carry no preference), so the
+    mean is over the untied pairs only. Raises ValueError if the inputs are not 1-D of equal length,
+    if K < 2, or if every rank is tied (no comparison left). Returns a 0-dim tensor.
+    """
+    if rewards.dim() != 1 or ranks.dim() != 1 or rewards.shape != ranks.shape:
+        raise ValueError(
+            f"rewards and ranks must be 1-D of equal length, got {tuple(rewards.shape)} and {tuple(ranks.shape)}"
+        )
+    k = rewards.numel()
+    if k < 2:
+        raise ValueError(f"K-wise ranking needs K >= 2 responses, got K={k}")
+    better = ranks.unsqueeze(1) < ranks.unsqueeze(0)  # better[i, j]: i ranked above j
+    if not bool(better.any()):
+        raise ValueError("all ranks are tied; K-wise ranking has no pair to compare")
+    diff = rewards.unsqueeze(1) - rewards.unsqueeze(0)  # r_i - r_j
+    return -F.logsigmoid(diff[better]).mean()
