@@ -10,10 +10,12 @@ def register(registry: Registry) -> None:
     from alignx.data.sources import SOURCES
     from alignx.models.adapters import lora, no_adapter
     from alignx.models.loading import build_hf, build_llama
+    from alignx.objectives.dpo import DPO
     from alignx.objectives.sft import SFT
     from alignx.tasks import BUILTIN_TASKS
 
     registry.register("objective", SFT.name, SFT)
+    registry.register("objective", DPO.name, DPO)
     for name, task in BUILTIN_TASKS.items():
         registry.register("task", name, task)
         # each task's gold reward is also a reward function under the task's name

@@ -1,10 +1,6 @@
 """Loss functions: pure, typed, tested against hand-computed values."""
 
-from alignx.losses.sft import sft_loss
-
-__all__ = ["sft_loss"]
-
-from alignx.losses.preference import (  # noqa: E402
+from alignx.losses.preference import (
     DPO_LOSS_TYPES,
     completion_logits_mean,
     dpo_loss,
@@ -16,9 +12,10 @@ from alignx.losses.preference import (  # noqa: E402
     sequence_logps,
     simpo_loss,
 )
-from alignx.losses.reward import bradley_terry_loss, kwise_ranking_loss  # noqa: E402
+from alignx.losses.reward import bradley_terry_loss, kwise_ranking_loss
+from alignx.losses.sft import sft_loss
 
-__all__ += [
+__all__ = [
     "DPO_LOSS_TYPES",
     "bradley_terry_loss",
     "completion_logits_mean",
@@ -30,5 +27,6 @@ __all__ += [
     "orpo_loss",
     "preference_metrics",
     "sequence_logps",
+    "sft_loss",
     "simpo_loss",
 ]
