@@ -12,7 +12,6 @@ its process-global active run is exactly what the rest of alignx avoids (see tra
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re

@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin

@@ -39,7 +39,6 @@ def evaluate_policy(
     cfg: Mapping[str, Any],
     *,
     reward_fn: RewardFn | None = None,
-    reward_name: str | None = None,
     ppl_batches: Sequence[Mapping[str, torch.Tensor]] = (),
     seed: int = 0,
     prompt_is_templated: bool = False,
