@@ -72,3 +72,12 @@ def test_unknown_loss_lists_valid_ones():
     (model, tok), _ = _tiny()
     with pytest.raises(Exception, match="Valid: sigmoid, cdpo, robust, hinge, ipo, simpo, orpo"):
         DPO(model, tok, compose(["objective=dpo", "objective.loss=kto"]).objective, optimizer=None)
+
+
+def test_frozen_reference_stays_in_eval_mode_and_out_of_the_module_tree():
+    (model, tok), _ = _tiny()
+    objective = DPO(model, tok, compose(["objective=dpo"]).objective, optimizer=None)
+    objective.train()  # what Lightning does at the start of fit
+    assert objective.ref_model.training is False
+    names = [n for n, _ in objective.named_parameters()]
+    assert names and all(n.startswith("model.") for n in names)

@@ -74,9 +74,20 @@ class DPO(Objective):
 
             raise ConfigError(f"objective.loss='{self.loss_type}' is not a DPO loss. Valid: {', '.join(LOSSES)}")
         self.beta = float(cfg.get("beta", 0.1))
-        self.ref_model: torch.nn.Module | None = None
+        # Held outside the module tree on purpose: Lightning switches every submodule to train
+        # mode at fit start (dropout on in the reference) and would checkpoint its weights.
+        self._ref: list[torch.nn.Module] = []
         if self.loss_type not in REFERENCE_FREE and not is_peft(model):
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self._ref.append(copy.deepcopy(model).eval().requires_grad_(False))
+
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        """The frozen reference copy (full fine-tuning only); None when adapters or no reference serve."""
+        return self._ref[0] if self._ref else None
+
+    def on_fit_start(self) -> None:
+        if self.ref_model is not None:
+            self.ref_model.to(self.device).eval()
 
     @classmethod
     def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
