@@ -232,7 +232,9 @@ def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, ob
     task = cfg.dataset.get("task")
     reward_fn = registry.get("reward", str(task)) if task and ("reward", str(task)) in registry else None
     chat = bool(cfg.data.chat_template)
-    prompts = list(dict.fromkeys(prompt_text(r, tokenizer, chat) for r in test_rows))[: int(cfg.eval.num_prompts)]
+    # held-out rows in order, repeats included: a task with few distinct prompts (sentiment has a
+    # handful of review openings) still gets eval.num_prompts independent samples
+    prompts = [prompt_text(r, tokenizer, chat) for r in test_rows][: int(cfg.eval.num_prompts)]
     templated = chat or any("messages" in r for r in test_rows)
     items, _, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
     collate = SFT.collate_fn(tokenizer)

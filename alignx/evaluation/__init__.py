@@ -56,7 +56,10 @@ def evaluate_policy(
         prompt_is_templated=prompt_is_templated,
     )
     if prompts:
-        greedy = generate(model, tokenizer, prompts, greedy=True, **gen)
+        # repeated prompts get independent samples, but their greedy completion is computed once
+        unique = list(dict.fromkeys(prompts))
+        by_prompt = dict(zip(unique, generate(model, tokenizer, unique, greedy=True, **gen)))
+        greedy = [by_prompt[p] for p in prompts]
         sampled = generate(
             model,
             tokenizer,
