@@ -40,7 +40,9 @@ class Objective(L.LightningModule):
         total_steps: int = 1,
     ) -> None:
         super().__init__()
-        self.model = model
+        # from_pretrained returns eval mode and Lightning keeps whatever mode it is given: train
+        # explicitly, so a checkpoint's dropout settings apply as configured
+        self.model = model.train()
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.optimizer_factory = optimizer
