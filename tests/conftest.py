@@ -111,3 +111,24 @@ def start_background_fixtures(request: pytest.FixtureRequest, names: list[str]) 
                 request.getfixturevalue(name)
             except (Exception, pytest.fail.Exception, pytest.skip.Exception):
                 pass
+
+
+def sweep_runs(outputs_root: Path, experiment: str = "alignx") -> tuple[list, list]:
+    """(sweep parent runs, child runs) in the embedded MLflow store under ``outputs_root``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{outputs_root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id]) if exp else []
+    parents = [r for r in found if r.data.tags.get("alignx.sweep") == "true"]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A small thread pool for starting a module's slow subprocess runs together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as executor:
+        yield executor

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -38,12 +38,6 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 
 # -- slow runs, started together at module setup (see start_background_fixtures) -------------
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with ThreadPoolExecutor(max_workers=3) as executor:
-        yield executor
 
 
 @pytest.fixture(scope="module")

@@ -8,38 +8,21 @@ from __future__ import annotations
 
 import math
 import subprocess
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from alignx.config import compose, validate
-from conftest import fast, run_cli, start_background_fixtures
+from conftest import fast, run_cli, start_background_fixtures, sweep_runs
 
 
 def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
 
 
-def runs(tmp: Path):
-    """(parents, children) of the embedded MLflow store under ``tmp``."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("alignx")
-    found = client.search_runs([exp.experiment_id])
-    parents = [r for r in found if r.data.tags.get("alignx.sweep") == "true"]
-    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
-
-
 # -- slow runs, started together at module setup ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with ThreadPoolExecutor(max_workers=3) as executor:
-        yield executor
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +89,7 @@ def test_search_runs_n_trials_under_one_parent(bg_search: tuple[Future, Path]):
     future, tmp = bg_search
     proc = future.result()
     assert proc.returncode == 0, explain(proc)
-    parents, children = runs(tmp)
+    parents, children = sweep_runs(tmp)
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["alignx.failed_jobs"] == "0"
@@ -133,7 +116,7 @@ def test_parent_records_the_best_trial(bg_search: tuple[Future, Path]):
     results_file = tmp / "sweep" / "optimization_results.yaml"
     assert results_file.is_file()
     results = OmegaConf.load(results_file)
-    parents, children = runs(tmp)
+    parents, children = sweep_runs(tmp)
     parent = parents[0]
     best_child = min(children, key=lambda c: c.data.metrics["val/loss"])
     # Optuna's best value is the min of the children's val/loss (minimize)
@@ -165,7 +148,7 @@ def test_missing_metric_fails_the_search_with_the_same_message(bg_missing_metric
     assert proc.returncode != 0, explain(proc)
     assert "optimized_metric=eval/nope is not a metric of this job" in proc.stderr, explain(proc)
     assert "Available metrics:" in proc.stderr
-    parents, children = runs(tmp)
+    parents, children = sweep_runs(tmp)
     # max_failure_rate=0: the search stops after the first failed trial
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert len(children) == 1

@@ -3,18 +3,8 @@
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from conftest import fast, run_cli
-
-
-def _runs(tmp_path: Path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("alignx")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("alignx.sweep") == "true"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
+from conftest import fast, run_cli, sweep_runs
 
 
 def _sweep(tmp_path: Path, *args: str):
@@ -28,7 +18,7 @@ def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     proc = _sweep(tmp_path, "adapter=none,lora", "optim.lr=1e-3,3e-3", "trainer.max_steps=2", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    parents, children = _runs(tmp_path)
+    parents, children = sweep_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -51,7 +41,7 @@ def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
 def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):
     proc = _sweep(tmp_path, "optim._target_=torch.optim.AdamW,torch.optim.NoSuchOptimizer", "trainer.max_steps=2")
     assert proc.returncode != 0
-    parents, children = _runs(tmp_path)
+    parents, children = sweep_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
     by_target = {c.data.params["optim._target_"]: c.info.status for c in children}
     assert by_target == {"torch.optim.AdamW": "FINISHED", "torch.optim.NoSuchOptimizer": "FAILED"}
@@ -63,5 +53,5 @@ def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):
 def test_single_runs_have_no_parent(tmp_path):
     proc = run_cli([*fast("trainer.max_steps=2"), f"hydra.run.dir={tmp_path / 'run'}", f"outputs_root={tmp_path}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    parents, children = _runs(tmp_path)
+    parents, children = sweep_runs(tmp_path)
     assert parents == [] and children == []
