@@ -223,7 +223,7 @@ def total_optimizer_steps(cfg: DictConfig, n_batches: int) -> int:
 
 def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, objective_cls: Any, test_rows: list[dict]) -> tuple[dict, list]:
     """Gold reward (when the dataset names a task) and perplexity on held-out rows."""
-    from alignx.data.tokenize import prompt_text
+    from alignx.data.tokenize import prompt_is_templated, prompt_text
     from alignx.evaluation import evaluate_policy
     from alignx.objectives.sft import SFT
 
@@ -235,7 +235,7 @@ def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, ob
     # held-out rows in order, repeats included: a task with few distinct prompts (sentiment has a
     # handful of review openings) still gets eval.num_prompts independent samples
     prompts = [prompt_text(r, tokenizer, chat) for r in test_rows][: int(cfg.eval.num_prompts)]
-    templated = chat or any("messages" in r for r in test_rows)
+    templated = any(prompt_is_templated(r, chat) for r in test_rows)
     items, _, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
     collate = SFT.collate_fn(tokenizer)
     bs = int(cfg.data.eval_batch_size)

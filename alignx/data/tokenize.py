@@ -44,13 +44,25 @@ def prompt_and_completion(row: Mapping[str, Any], tokenizer: Any, chat_template:
     return row["prompt"], row["completion"], False
 
 
+def prompt_is_templated(row: Mapping[str, Any], chat_template: bool) -> bool:
+    """Whether the row's prompt is rendered with the chat template (it then carries its own BOS)."""
+    return bool(chat_template) or row.get("messages") is not None or isinstance(row.get("prompt"), list)
+
+
 def prompt_text(row: Mapping[str, Any], tokenizer: Any, chat_template: bool) -> str:
-    """The text a policy is prompted with for a prompt-only (or sft) row."""
+    """The text a policy is prompted with, for any row kind.
+
+    A ``messages`` row is prompted with every turn before its final assistant turn; a ``prompt``
+    that is a message list (conversational pairs, ranked and unpaired rows) with all of it; a
+    plain string prompt is used as is, or wrapped as one user turn when ``chat_template`` is set.
+    """
     if "messages" in row and row["messages"] is not None:
         messages = list(row["messages"])
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(row.get("prompt"), list):
+        return tokenizer.apply_chat_template(list(row["prompt"]), tokenize=False, add_generation_prompt=True)
     if chat_template:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True

@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
-from alignx.data.tokenize import encode_prompt, fit_to_length, prompt_text
+from alignx.data.tokenize import encode_prompt, fit_to_length, prompt_is_templated, prompt_text
 from alignx.losses.preference import (
     DPO_LOSS_TYPES,
     completion_logits_mean,
@@ -33,7 +33,7 @@ def encode_pair(
     """Tokenise a prompt/chosen/rejected row into two completion-masked sequences."""
     chat = bool(data_cfg["chat_template"])
     text = prompt_text(row, tokenizer, chat)
-    p_ids = encode_prompt(text, tokenizer, templated=chat or "messages" in row)
+    p_ids = encode_prompt(text, tokenizer, templated=prompt_is_templated(row, chat))
     keep = 1 if p_ids and p_ids[0] == tokenizer.bos_token_id else 0
     out, status = {}, "kept"
     for side in ("chosen", "rejected"):
