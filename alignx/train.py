@@ -76,12 +76,12 @@ def _overrides(cfg: DictConfig) -> list[str]:
 # -- steps -----------------------------------------------------------------------------------
 
 
-def load_rows(cfg: DictConfig, registry: Registry, kind: str) -> dict[str, list[dict]]:
-    """Rows for train/val (of ``kind``) and test (sft rows, for evaluation), validated."""
+def load_rows(cfg: DictConfig, registry: Registry, kind: str, test_kind: str | None = "sft") -> dict[str, list[dict]]:
+    """Rows for train/val (of ``kind``) and test (of ``test_kind``, for evaluation; None = none), validated."""
     loader = registry.get("dataset", str(cfg.dataset.source))
     seed = int(cfg.seed)
     rows = {split: loader(cfg.dataset, kind, split, seed) for split in ("train", "val")}
-    rows["test"] = loader(cfg.dataset, "sft", "test", seed) if cfg.eval.enabled else []
+    rows["test"] = loader(cfg.dataset, test_kind, "test", seed) if cfg.eval.enabled and test_kind else []
     if not rows["train"]:
         raise DataError("no training rows", source=str(cfg.dataset.get("path") or cfg.dataset.name))
     return rows

@@ -47,7 +47,8 @@ def cache_key(rows: Sequence[Mapping], tokenizer: Any, encoder: str, data_cfg: M
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block; blocks until free."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -68,7 +69,7 @@ def cached_encode(
         items, stats = encode()
         return items, stats, False
     entry = cache_dir / f"{key}.json"
-    with _locked(cache_dir / f"{key}.lock"):
+    with file_lock(cache_dir / f"{key}.lock"):
         if entry.is_file():
             data = json.loads(entry.read_text())
             stats = EncodeStats()

@@ -28,9 +28,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     average, needed by IPO/SimPO/ORPO, is ``sum_logp / n_tokens.clamp(min=1)``.
     """
     logits, labels = shift_for_next_token(logits, labels)
-    lp = token_logprobs(logits, labels)  # 0 at ignored positions
-    n_tokens = (labels != IGNORE_INDEX).sum(-1)
-    return lp.sum(-1), n_tokens
+    mask = labels != IGNORE_INDEX
+    # Log-softmax only over completion positions: prompt and padding rows are never normalised,
+    # which saves the [B, T, V] float32 upcast a full log_softmax would make.
+    rows, cols = mask.nonzero(as_tuple=True)
+    picked = token_logprobs(logits[rows, cols].unsqueeze(0), labels[rows, cols].unsqueeze(0)).squeeze(0)
+    sums = torch.zeros(labels.size(0), dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    return sums, mask.sum(-1)
 
 
 def completion_logits_mean(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

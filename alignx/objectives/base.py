@@ -8,9 +8,11 @@ metric logging with train/ and val/ prefixes) lives here once.
 
 from __future__ import annotations
 
+import copy
 import inspect
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -49,7 +51,22 @@ class Objective(L.LightningModule):
         self.scheduler_factory = scheduler
         self.total_steps = max(1, int(total_steps))
 
-    # -- data hooks ----------------------------------------------------------------------
+    # -- model and data hooks ------------------------------------------------------------
+    @classmethod
+    def row_kind(cls, cfg: Mapping[str, Any]) -> str:
+        """The row kind this objective trains on, given its config node (default: :attr:`data_kind`)."""
+        return cls.data_kind
+
+    @classmethod
+    def prepare_model(cls, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any]) -> torch.nn.Module:
+        """Adapt the built model before adapters are added (e.g. swap the LM head for a reward head)."""
+        return model
+
+    @classmethod
+    def prepare_items(cls, items: list[dict], cfg: Mapping[str, Any], seed: int) -> list[dict]:
+        """A hook over all encoded items of a split, after per-row encoding (default: unchanged)."""
+        return items
+
     @classmethod
     def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
         """Encode one row for this objective; returns (item or None if dropped, status)."""
@@ -110,3 +127,93 @@ def _call_accepted(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         return factory(*args, **kwargs)
     bound = set(factory.keywords) if isinstance(factory, partial) else set()
     return factory(*args, **{k: v for k, v in kwargs.items() if k in params and k not in bound})
+
+
+class ReferenceObjective(Objective):
+    """Base of objectives scored against a frozen reference policy (DPO family, KTO).
+
+    Where the reference comes from, cheapest first:
+
+    * ``objective.precompute_ref_logps=true``: reference log-probabilities are computed once at
+      fit start (the policy has not moved yet, so it *is* the reference) and cached on disk;
+      no reference is kept in memory during training;
+    * an adapter: the same model with its adapters disabled (no second copy);
+    * full fine-tuning: a frozen copy made at construction.
+
+    Subclasses set :meth:`needs_reference` false for reference-free losses. Collated batches
+    hold ``k`` sequences per item in ``k`` blocks of ``B`` rows (DPO: chosen then rejected);
+    precomputed values travel as ``batch["ref_logps"]`` in the same layout.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, cfg, **kwargs)
+        self.beta = float(cfg.get("beta", 0.1))
+        self.precompute_ref = bool(cfg.get("precompute_ref_logps", False)) and self.needs_reference()
+        # Held outside the module tree on purpose: Lightning switches every submodule to train
+        # mode at fit start (dropout on in the reference) and would checkpoint its weights.
+        self._ref: list[torch.nn.Module] = []
+        if self.needs_reference() and not self.precompute_ref and not _is_peft(model):
+            self._ref.append(copy.deepcopy(model).eval().requires_grad_(False))
+
+    def needs_reference(self) -> bool:
+        """False for reference-free losses (no reference is built or computed)."""
+        return True
+
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        """The frozen reference copy (full fine-tuning only); None when adapters or no reference serve."""
+        return self._ref[0] if self._ref else None
+
+    def on_fit_start(self) -> None:
+        if self.ref_model is not None:
+            self.ref_model.to(self.device).eval()
+
+    @contextmanager
+    def reference(self) -> Iterator[torch.nn.Module | None]:
+        """The reference policy as a module, for the duration of the block.
+
+        Yields None when it is not in memory (reference-free, or full fine-tuning with
+        precomputed log-probs after training started).
+        """
+        if not self.needs_reference():
+            yield None
+        elif self.ref_model is not None:
+            yield self.ref_model
+        elif _is_peft(self.model):
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield None
+
+    @torch.no_grad()
+    def reference_logps(self, batch: Mapping[str, torch.Tensor], *, at_start: bool = False) -> torch.Tensor:
+        """Summed completion log-probs of every sequence in ``batch`` under the reference.
+
+        Uses ``batch["ref_logps"]`` when precomputed. ``at_start`` (precomputation before any
+        update) lets full fine-tuning use the policy itself, which still equals the reference.
+        """
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
+        with self.reference() as ref:
+            if ref is None and at_start:
+                ref = self.model
+            if ref is None:
+                raise RuntimeError(
+                    "reference log-probs were configured to be precomputed (objective.precompute_ref_logps) "
+                    "but this batch has none"
+                )
+            was_training = ref.training
+            ref.eval()
+            try:
+                logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            finally:
+                ref.train(was_training)
+        from alignx.losses.preference import sequence_logps
+
+        return sequence_logps(logits, batch["labels"])[0]
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    from alignx.models.adapters import is_peft
+
+    return is_peft(model)
