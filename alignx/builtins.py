@@ -11,11 +11,15 @@ def register(registry: Registry) -> None:
     from alignx.models.adapters import lora, no_adapter
     from alignx.models.loading import build_hf, build_llama
     from alignx.objectives.dpo import DPO
+    from alignx.objectives.kto import KTO
+    from alignx.objectives.rm import RewardModel
     from alignx.objectives.sft import SFT
     from alignx.tasks import BUILTIN_TASKS
 
     registry.register("objective", SFT.name, SFT)
     registry.register("objective", DPO.name, DPO)
+    registry.register("objective", KTO.name, KTO)
+    registry.register("objective", RewardModel.name, RewardModel)
     for name, task in BUILTIN_TASKS.items():
         registry.register("task", name, task)
         # each task's gold reward is also a reward function under the task's name
@@ -27,3 +31,4 @@ def register(registry: Registry) -> None:
     registry.register("adapter", "none", no_adapter)
     registry.register("adapter", "lora", lora)
     registry.register("adapter", "dora", lora)  # DoRA is LoRA with use_dora=true in its config
+    from alignx.data.presets import register as register_formats; register_formats(registry)  # noqa: E702

@@ -77,13 +77,35 @@ def _overrides(cfg: DictConfig) -> list[str]:
 
 
 def load_rows(cfg: DictConfig, registry: Registry, kind: str, test_kind: str | None = "sft") -> dict[str, list[dict]]:
-    """Rows for train/val (of ``kind``) and test (of ``test_kind``, for evaluation; None = none), validated."""
+    """Rows for train/val (of ``kind``) and test (of ``test_kind``, for evaluation; None = none), validated.
+
+    ``data.invalid_rows`` applies to every loader, plugins' too (a context variable, see
+    :func:`alignx.data.formats.collect_invalid_rows`): under ``drop`` each split's invalid rows
+    are left out, counted in ``rows[split].invalid_dropped`` and reported in a warning. Each
+    split comes back as a :class:`~alignx.data.sources.SplitRows` (a list that knows its split).
+    """
+    from alignx.data.formats import collect_invalid_rows
+    from alignx.data.sources import SplitRows
+
     loader = registry.get("dataset", str(cfg.dataset.source))
     seed = int(cfg.seed)
-    rows = {split: loader(cfg.dataset, kind, split, seed) for split in ("train", "val")}
-    rows["test"] = loader(cfg.dataset, test_kind, "test", seed) if cfg.eval.enabled and test_kind else []
+    kinds = {"train": kind, "val": kind, "test": test_kind if cfg.eval.enabled else None}
+    rows: dict[str, list[dict]] = {}
+    with collect_invalid_rows(str(cfg.data.get("invalid_rows", "error"))) as invalid:
+        for split, split_kind in kinds.items():
+            invalid.split = split
+            loaded = loader(cfg.dataset, split_kind, split, seed) if split_kind else []
+            rows[split] = SplitRows(
+                loaded, locations=getattr(loaded, "locations", None), split=split, invalid_dropped=invalid.count(split)
+            )
+    for split in rows:
+        if invalid.count(split):
+            log.warning("data %s: %s (data.invalid_rows=drop)", split, invalid.summary(split))
     if not rows["train"]:
-        raise DataError("no training rows", source=str(cfg.dataset.get("path") or cfg.dataset.name))
+        source = str(cfg.dataset.get("path") or cfg.dataset.name)
+        if invalid.count("train"):
+            raise DataError(f"every training row is invalid: {invalid.summary('train')}", source=source)
+        raise DataError("no training rows", source=source)
     return rows
 
 
@@ -94,14 +116,19 @@ def _is_rank_zero() -> bool:
     return (_get_rank() or 0) == 0
 
 
-def build_policy(cfg: DictConfig, registry: Registry, output_dir: Path) -> tuple[Any, Any, Path | None]:
-    """Model (with adapter) and tokenizer. Returns (model, tokenizer, base_dir).
+def build_policy(
+    cfg: DictConfig, registry: Registry, output_dir: Path, objective_cls: Any = None
+) -> tuple[Any, Any, Path | None]:
+    """Model (adapted by the objective, e.g. a reward head; then the adapter) and tokenizer.
+    Returns (model, tokenizer, base_dir).
 
     A base model built in code is saved before adapters are injected, so the saved adapter has
     a base that plain transformers/peft can load.
     """
     builder = registry.get("model", str(cfg.model.kind))
     model, tokenizer = builder(cfg.model)
+    if objective_cls is not None:
+        model = objective_cls.prepare_model(model, tokenizer, cfg.objective)
     adapter_name = str(cfg.adapter.name)
     base_dir = None
     if adapter_name != "none":
@@ -189,13 +216,13 @@ def sweep_job(overrides: Sequence[str]) -> tuple[str | None, str | None, dict[st
     return record.get("parent_run_id"), name, {"alignx.job_num": str(hc.job.num)}
 
 
-def build_trainer(cfg: DictConfig, tracker: Any, output_dir: Path) -> Any:
+def build_trainer(cfg: DictConfig, tracker: Any, output_dir: Path, callbacks: Sequence[Any] = ()) -> Any:
     import lightning as L
 
     from alignx.tracking import TrackerLogger
 
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = []
+    callbacks = list(callbacks)
     if targs.get("enable_progress_bar", True):
         from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
@@ -221,8 +248,11 @@ def total_optimizer_steps(cfg: DictConfig, n_batches: int) -> int:
     return max(1, epochs * math.ceil(n_batches / int(cfg.trainer.get("accumulate_grad_batches") or 1)))
 
 
-def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, objective_cls: Any, test_rows: list[dict]) -> tuple[dict, list]:
-    """Gold reward (when the dataset names a task) and perplexity on held-out rows."""
+def evaluate(
+    cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, objective: Any, test_rows: list[dict]
+) -> tuple[dict, list]:
+    """Gold reward (when the dataset names a task), perplexity and, for objectives with a
+    reference policy, the KL from it, on held-out rows."""
     from alignx.data.tokenize import prompt_is_templated, prompt_text
     from alignx.evaluation import evaluate_policy
     from alignx.objectives.sft import SFT
@@ -249,11 +279,52 @@ def evaluate(cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, ob
         ppl_batches=batches,
         seed=int(cfg.seed),
         prompt_is_templated=templated,
+        reference=_eval_reference(cfg, registry, objective),
+        reward_models=_eval_reward_models(cfg),
     )
 
 
-def save_outputs(cfg: DictConfig, model: Any, tokenizer: Any, output_dir: Path, base_dir: Path | None) -> Path | None:
-    """Save the model (or adapter) with its tokenizer in HF format; optionally a merged copy."""
+def _eval_reference(cfg: DictConfig, registry: Registry, objective: Any) -> Any:
+    """A context-manager factory yielding the objective's reference policy, or None if it has none.
+
+    Full fine-tuning with precomputed reference log-probs keeps no reference in memory; it is
+    rebuilt here (deterministically, from the same model config) only for the KL measurement.
+    """
+    from contextlib import contextmanager
+
+    from alignx.objectives.base import ReferenceObjective
+
+    if not isinstance(objective, ReferenceObjective) or not objective.needs_reference():
+        return None
+
+    @contextmanager
+    def reference() -> Any:
+        with objective.reference() as ref:
+            if ref is not None:
+                yield ref
+                return
+        rebuilt, tok = registry.get("model", str(cfg.model.kind))(cfg.model)
+        rebuilt = type(objective).prepare_model(rebuilt, tok, cfg.objective)
+        yield rebuilt.to(objective.device).eval()
+
+    return reference
+
+
+def _eval_reward_models(cfg: DictConfig) -> dict[str, Any]:
+    """Learned reward models that score evaluation samples next to the gold reward (eval.reward_model)."""
+    path = cfg.eval.get("reward_model")
+    if not path:
+        return {}
+    from alignx.rewards.model import RewardModelScorer
+
+    return {"rm": RewardModelScorer(_abs_if_local(str(path)))}
+
+
+def save_outputs(
+    cfg: DictConfig, model: Any, tokenizer: Any, output_dir: Path, base_dir: Path | None, *, merge: bool = False
+) -> Path | None:
+    """Save the model (or adapter) with its tokenizer in HF format; a merged copy when
+    ``save.merge_adapter`` or ``merge`` (objectives whose artifact must be one model) ask."""
     from alignx.models.adapters import is_peft
     from alignx.models.loading import save_pretrained_atomic
 
@@ -265,7 +336,7 @@ def save_outputs(cfg: DictConfig, model: Any, tokenizer: Any, output_dir: Path, 
         for peft_cfg in model.peft_config.values():
             peft_cfg.base_model_name_or_path = base_ref
         save_pretrained_atomic(model_dir, model, tokenizer)
-        if cfg.save.merge_adapter:
+        if cfg.save.merge_adapter or merge:
             merged = model.merge_and_unload()
             save_pretrained_atomic(output_dir / "merged", merged, tokenizer)
     else:
@@ -301,12 +372,15 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     overrides = list(overrides) if overrides is not None else _overrides(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    rows = load_rows(cfg, registry, objective_cls.data_kind)
+    generates = getattr(objective_cls, "generates_text", True)
+    rows = load_rows(cfg, registry, objective_cls.row_kind(cfg.objective), "sft" if generates else None)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, base_dir = build_policy(cfg, registry, output_dir)
+    model, tokenizer, base_dir = build_policy(cfg, registry, output_dir, objective_cls)
     cache_dir = outputs_root / "cache" / "tokenized" if cfg.data.cache else None
     train_items, train_stats, train_hit = encode_split(objective_cls, rows["train"], tokenizer, cfg.data, cache_dir, "train")
     val_items, val_stats, val_hit = encode_split(objective_cls, rows["val"], tokenizer, cfg.data, cache_dir, "val")
+    train_items = objective_cls.prepare_items(train_items, cfg.objective, int(cfg.seed))
+    val_items = objective_cls.prepare_items(val_items, cfg.objective, int(cfg.seed))
     if not train_items:
         raise DataError(
             f"every training row was dropped by data.truncation={cfg.data.truncation} at data.max_length={cfg.data.max_length}",
@@ -344,6 +418,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
             **val_stats.as_metrics("data/val"),
             "data/train/cache_hit": float(train_hit),
             "data/val/cache_hit": float(val_hit),
+            # rows left out by data.invalid_rows=drop (0 under error: the job stops instead)
+            **{f"data/{split}/invalid_dropped": float(getattr(r, "invalid_dropped", 0)) for split, r in rows.items()},
         }
         tracker.log_metrics(data_metrics, step=0)
         job.metrics.update(data_metrics)
@@ -371,17 +447,33 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             total_steps=total_optimizer_steps(cfg, n_batches),
         )
-        trainer = build_trainer(cfg, tracker, output_dir)
+        callbacks = []
+        if getattr(objective, "precompute_ref", False):
+            from alignx.models.reference import PrecomputeReferenceLogps
+
+            callbacks.append(PrecomputeReferenceLogps(
+                outputs_root / "cache" / "ref_logps" if cfg.data.cache else None,
+                int(cfg.data.eval_batch_size),
+                progress=bool(cfg.trainer.get("enable_progress_bar", True)),
+            ))
+        trainer = build_trainer(cfg, tracker, output_dir, callbacks)
         trainer.fit(objective, datamodule=datamodule)
         job.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        final = dict(getattr(objective, "final_metrics", {}) or {})
+        if final:
+            job.metrics.update(final)
+            tracker.log_metrics(final, step=int(trainer.global_step))
 
         if trainer.is_global_zero:
-            eval_metrics, job.samples = evaluate(cfg, registry, objective.model, tokenizer, objective_cls, rows["test"])
+            eval_metrics, job.samples = evaluate(cfg, registry, objective.model, tokenizer, objective, rows["test"])
             job.metrics.update(eval_metrics)
             tracker.log_metrics(eval_metrics, step=int(trainer.global_step))
             if job.samples:
                 tracker.log_table(job.samples, "samples/generations.json")
-            job.model_dir = save_outputs(cfg, objective.model, tokenizer, output_dir, base_dir)
+            job.model_dir = save_outputs(
+                cfg, objective.model, tokenizer, output_dir, base_dir,
+                merge=bool(getattr(objective_cls, "merge_adapter_on_save", False)),
+            )
             if job.model_dir and cfg.tracking.get("log_model", True):
                 tracker.log_artifact(job.model_dir, "model")
                 if base_dir:

@@ -1,9 +1,10 @@
-"""End-of-training evaluation: gold reward of greedy and sampled completions, perplexity."""
+"""End-of-training evaluation: gold reward of greedy and sampled completions, perplexity, KL
+from the reference policy, and scores from learned reward models."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import torch
 
@@ -32,6 +33,64 @@ def perplexity(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tens
     return math.exp(total / count) if count else float("nan")
 
 
+@torch.no_grad()
+def completion_logps(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    prompt_is_templated: bool = False,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Summed log-probability of each completion given its prompt, [N] (on CPU)."""
+    from alignx.data.batching import collate_sft
+    from alignx.data.tokenize import encode_prompt
+    from alignx.losses.preference import sequence_logps
+    from alignx.ops.logprobs import IGNORE_INDEX
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        items = []
+        for p, c in zip(prompts, completions):
+            p_ids = encode_prompt(p, tokenizer, prompt_is_templated)
+            c_ids = list(tokenizer(c, add_special_tokens=False)["input_ids"])
+            items.append({"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids})
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in collate_sft(items[start : start + batch_size], tokenizer.pad_token_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out.append(sequence_logps(logits, batch["labels"])[0].float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def kl_to_reference(
+    model: torch.nn.Module,
+    reference: Callable[[], ContextManager[torch.nn.Module]],
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    prompt_is_templated: bool = False,
+) -> float:
+    """Monte-Carlo KL(π || π_ref) per sequence: mean over samples y ~ π of log π(y|x) - log π_ref(y|x).
+
+    Unbiased when ``completions`` were sampled from ``model`` at temperature 1 without top-k/p
+    truncation (evaluation's defaults); otherwise a KL-like distance on those samples.
+    ``reference`` enters the reference policy (e.g. the same model with adapters disabled), so
+    the policy's log-probs are taken first.
+    """
+    kw = dict(prompt_is_templated=prompt_is_templated)
+    policy = completion_logps(model, tokenizer, prompts, completions, **kw)
+    with reference() as ref:
+        ref_lp = completion_logps(ref, tokenizer, prompts, completions, **kw)
+    return float((policy - ref_lp).mean()) if policy.numel() else float("nan")
+
+
 def evaluate_policy(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -42,11 +101,16 @@ def evaluate_policy(
     ppl_batches: Sequence[Mapping[str, torch.Tensor]] = (),
     seed: int = 0,
     prompt_is_templated: bool = False,
+    reference: Callable[[], ContextManager[torch.nn.Module]] | None = None,
+    reward_models: Mapping[str, RewardFn] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
-    ``samples`` is a table (list of row dicts) of prompts, completions and their gold reward,
-    for logging as an artifact.
+    With ``reference``, also ``eval/kl_to_reference`` on the sampled completions (see
+    :func:`kl_to_reference`); each of ``reward_models`` (name -> reward function, e.g. a
+    :class:`~alignx.rewards.model.RewardModelScorer`) adds ``eval/<name>_reward_greedy|sampled``,
+    the learned (proxy) reward next to the gold one. ``samples`` is a table (list of row dicts)
+    of prompts, completions and their gold reward, for logging as an artifact.
     """
     metrics: dict[str, float] = {}
     samples: list[dict] = []
@@ -74,9 +138,22 @@ def evaluate_policy(
         if reward_fn:
             metrics["eval/gold_reward_greedy"] = sum(g_scores) / len(g_scores)
             metrics["eval/gold_reward_sampled"] = sum(s_scores) / len(s_scores)
+        if reference is not None:
+            metrics["eval/kl_to_reference"] = kl_to_reference(
+                model, reference, tokenizer, prompts, sampled, prompt_is_templated=prompt_is_templated
+            )
+        for name, fn in (reward_models or {}).items():
+            kw = {"prompt_is_templated": prompt_is_templated} if hasattr(fn, "encode") else {}
+            metrics[f"eval/{name}_reward_greedy"] = _mean(fn(prompts, greedy, **kw))
+            metrics[f"eval/{name}_reward_sampled"] = _mean(fn(prompts, sampled, **kw))
         n_log = int(cfg.get("num_logged_samples", 16))
         for p, g, gs, s, ss in list(zip(prompts, greedy, g_scores, sampled, s_scores))[:n_log]:
             samples.append({"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss})
     if ppl_batches:
         metrics["eval/perplexity"] = perplexity(model, ppl_batches)
     return metrics, samples
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")

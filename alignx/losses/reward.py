@@ -61,3 +61,66 @@ def kwise_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tens
         raise ValueError("all ranks are tied; K-wise ranking has no pair to compare")
     diff = rewards.unsqueeze(1) - rewards.unsqueeze(0)  # r_i - r_j
     return -F.logsigmoid(diff[better]).mean()
+
+
+def ranking_pairs(ranks: list[list[float]]) -> tuple[list[int], list[int], list[int]]:
+    """Every ordered comparison in a batch of ranked groups: ``(better, worse, group)`` flat indices.
+
+    ``ranks[g]`` are the ranks of group ``g``'s responses (lower is better), which sit at
+    consecutive flat positions across groups. Tied responses give no pair.
+    """
+    better, worse, group = [], [], []
+    offset = 0
+    for g, rk in enumerate(ranks):
+        for i in range(len(rk)):
+            for j in range(len(rk)):
+                if rk[i] < rk[j]:
+                    better.append(offset + i)
+                    worse.append(offset + j)
+                    group.append(g)
+        offset += len(rk)
+    return better, worse, group
+
+
+def grouped_ranking_loss(
+    rewards: torch.Tensor,
+    better: torch.Tensor,
+    worse: torch.Tensor,
+    group: torch.Tensor,
+    *,
+    margin: torch.Tensor | None = None,
+    center_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley–Terry over a batch of ranked groups, each group one batch element.
+
+    ``rewards`` [N] are the scalar rewards of every response; ``better``/``worse``/``group`` [P]
+    index the comparisons (see :func:`ranking_pairs`); ``margin`` [P] an optional per-pair margin
+    (Llama 2). Per pair ``-log σ(r_b - r_w - m)``; averaged within each group (InstructGPT: the
+    C(K, 2) pairs of one prompt are one element, not C(K, 2) elements) and then over groups; plus
+    ``c · mean_pairs((r_b + r_w)²)``. With one pair per group this is
+    :func:`bradley_terry_loss`; with one group, :func:`kwise_ranking_loss`. Metrics as in
+    :func:`bradley_terry_loss`, over all pairs and all responses.
+    """
+    if better.numel() == 0:
+        raise ValueError("no comparison in the batch: every group's ranks are tied")
+    diff = rewards[better] - rewards[worse]
+    logits = diff if margin is None else diff - margin.to(diff.dtype)
+    per_pair = -F.logsigmoid(logits)
+    n_groups = int(group.max()) + 1
+    sums = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add(0, group, per_pair)
+    counts = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add(
+        0, group, torch.ones_like(per_pair)
+    )
+    present = counts > 0
+    loss = (sums[present] / counts[present]).mean()
+    if center_coef:
+        loss = loss + center_coef * ((rewards[better] + rewards[worse]) ** 2).mean()
+    r = rewards.detach().float()
+    metrics = {
+        "accuracy": (diff.detach() > 0).float().mean(),
+        "margin": diff.detach().float().mean(),
+        "reward_mean": r.mean(),
+        "reward_min": r.min(),
+        "reward_max": r.max(),
+    }
+    return loss, metrics

@@ -27,7 +27,8 @@ def lora(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:
         target_modules=targets,
         bias=str(cfg.get("bias", "none")),
         use_dora=bool(cfg.get("use_dora", False)),
-        task_type="CAUSAL_LM",
+        # a reward model's head is new: SEQ_CLS makes peft train and save it in full alongside the adapters
+        task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
 

@@ -1,0 +1,57 @@
+"""Scalar heads on causal-LM backbones: the reward model's head."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+
+def is_reward_model(model: torch.nn.Module) -> bool:
+    """A transformers sequence classifier with a single output (``num_labels == 1``)."""
+    return type(model).__name__.endswith("ForSequenceClassification") and getattr(model.config, "num_labels", 0) == 1
+
+
+def add_reward_head(model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+    """Turn a causal LM into ``AutoModelForSequenceClassification`` (num_labels=1) on the same backbone.
+
+    The backbone object is reused, not copied, and the LM head is dropped. The new head reads the
+    final hidden state at the last non-pad token (transformers' convention; the EOS that closes
+    every completion), initialised N(0, 1/sqrt(d_model + 1)) as in InstructGPT/Stiennon et al.
+    The result saves and loads with plain ``AutoModelForSequenceClassification``.
+    """
+    if is_reward_model(model):
+        return model
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    config.num_labels = 1
+    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
+    config.architectures = None
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    prefix = model.base_model_prefix
+    backbone = getattr(model, prefix)
+    # Built on the meta device: only the head gets real memory, the backbone is the LM's own.
+    with torch.device("meta"):
+        reward_model = AutoModelForSequenceClassification.from_config(config)
+    setattr(reward_model, prefix, backbone)
+    param = next(backbone.parameters())
+    hidden = int(config.get_text_config().hidden_size)
+    for name, module in reward_model.named_children():
+        if name == prefix:
+            continue
+        module.to_empty(device=param.device).to(param.dtype)
+        for p_name, p in module.named_parameters():
+            with torch.no_grad():
+                if p_name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.normal_(0.0, 1.0 / math.sqrt(hidden + 1))
+    leftover = [n for n, p in reward_model.named_parameters() if p.is_meta]
+    if leftover:
+        raise RuntimeError(f"reward head conversion left parameters unmaterialised: {leftover[:5]}")
+    reward_model.train(model.training)
+    return reward_model

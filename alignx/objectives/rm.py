@@ -1,0 +1,167 @@
+"""Reward modelling: a scalar head on a causal-LM backbone, trained on ranked responses."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import torch
+
+from alignx.data.batching import collate_sft
+from alignx.errors import ConfigError
+from alignx.losses.reward import grouped_ranking_loss, ranking_pairs
+from alignx.models.heads import add_reward_head
+from alignx.objectives.base import Objective
+from alignx.objectives.dpo import encode_prompt_completions
+
+log = logging.getLogger("alignx")
+
+ROW_KINDS = ("pairs", "ranked")
+
+
+def encode_ranked(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    """A pairs row (chosen ranked above rejected) or a K-wise ranked row -> K sequences and ranks.
+
+    Every sequence is prompt + completion + EOS, so the reward is read at the EOS token.
+    """
+    if "completions" in row:
+        completions, ranks = list(row["completions"]), [float(r) for r in row["ranks"]]
+    else:
+        completions, ranks = [row["chosen"], row["rejected"]], [0.0, 1.0]
+    seqs, status = encode_prompt_completions(row, completions, tokenizer, data_cfg)
+    if seqs is None:
+        return None, status
+    ids = []
+    for p, c in seqs:
+        if c[-1] != tokenizer.eos_token_id:  # truncate_completion cut the EOS the reward is read at
+            c = c[:-1] + [tokenizer.eos_token_id]
+        ids.append(p + c)
+    item = {"seqs": ids, "ranks": ranks, "input_ids": max(ids, key=len)}
+    if row.get("margin") is not None:
+        item["margin"] = float(row["margin"])
+    return item, status
+
+
+def collate_ranked(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """All responses of all items in one padded batch (one forward per response), plus the
+    comparison indices: ``better``/``worse``/``group`` [P] and ``margin`` [P] when rows carry one."""
+    flat = [{"input_ids": s, "labels": s} for it in items for s in it["seqs"]]
+    batch = collate_sft(flat, pad_id)
+    del batch["labels"]
+    better, worse, group = ranking_pairs([it["ranks"] for it in items])
+    batch["better"] = torch.tensor(better, dtype=torch.long)
+    batch["worse"] = torch.tensor(worse, dtype=torch.long)
+    batch["group"] = torch.tensor(group, dtype=torch.long)
+    if any("margin" in it for it in items):
+        batch["margin"] = torch.tensor([float(items[g].get("margin", 0.0)) for g in group], dtype=torch.float32)
+    return batch
+
+
+class RewardModel(Objective):
+    """Bradley–Terry reward model: pairs (optional per-pair ``margin`` column) or K-wise rankings.
+
+    ``objective.data_kind``: ``pairs`` or ``ranked`` (InstructGPT: all C(K, 2) comparisons of a
+    prompt form one batch element, one forward per response). ``objective.center_coef`` adds
+    ``c·mean((r_w + r_l)²)``. ``objective.normalize`` shifts rewards after training so the
+    training completions score mean 0 (and std 1 with ``normalize_std``).
+    """
+
+    name: ClassVar[str] = "rm"
+    data_kind: ClassVar[str] = "pairs"
+    generates_text: ClassVar[bool] = False
+    merge_adapter_on_save: ClassVar[bool] = True
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, cfg, **kwargs)
+        self.center_coef = float(cfg.get("center_coef", 0.0))
+        #: reported once training ends (the normalisation applied)
+        self.final_metrics: dict[str, float] = {}
+
+    @classmethod
+    def row_kind(cls, cfg: Mapping[str, Any]) -> str:
+        kind = str(cfg.get("data_kind", "pairs"))
+        if kind not in ROW_KINDS:
+            raise ConfigError(f"objective.data_kind='{kind}' is not a reward-model row kind. Valid: {', '.join(ROW_KINDS)}")
+        return kind
+
+    @classmethod
+    def prepare_model(cls, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any]) -> torch.nn.Module:
+        return add_reward_head(model, tokenizer)
+
+    @classmethod
+    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+        return encode_ranked(row, tokenizer, data_cfg)
+
+    @classmethod
+    def collate_fn(cls, tokenizer: Any) -> Callable[[Sequence[dict]], dict]:
+        return partial(collate_ranked, pad_id=tokenizer.pad_token_id)
+
+    def rewards(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar reward of every response in the batch, [N]."""
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+
+    def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return grouped_ranking_loss(
+            self.rewards(batch), batch["better"], batch["worse"], batch["group"],
+            margin=batch.get("margin"), center_coef=self.center_coef,
+        )
+
+    @torch.no_grad()
+    def on_train_end(self) -> None:
+        if not self.cfg.get("normalize", False):
+            return
+        datamodule = self.trainer.datamodule
+        items = list(datamodule.train_items)[: int(self.cfg.get("normalize_samples", 1024))]
+        values = reward_statistics(self, items, int(datamodule.eval_batch_size))
+        mean, std = values.mean().item(), values.std().item() if values.numel() > 1 else 1.0
+        scale = 1.0 / max(std, 1e-6) if self.cfg.get("normalize_std", False) else 1.0
+        set_normalization(self.model, offset=-mean * scale, scale=scale)
+        log.info("reward normalised on %d training completions: mean %.4f std %.4f -> offset %.4f, scale %.4f",
+                 values.numel(), mean, std, -mean * scale, scale)
+        self.final_metrics = {"rm/norm_mean_before": mean, "rm/norm_std_before": std,
+                              "rm/norm_offset": -mean * scale, "rm/norm_scale": scale}
+
+
+@torch.no_grad()
+def reward_statistics(objective: RewardModel, items: Sequence[dict], batch_size: int) -> torch.Tensor:
+    """Rewards (before any offset) of every response of ``items``, [N]."""
+    was_training = objective.model.training
+    objective.model.eval()
+    out = []
+    try:
+        collate = objective.collate_fn(objective.tokenizer)
+        for start in range(0, len(items), batch_size):
+            batch = collate(items[start : start + batch_size])
+            batch = {k: v.to(objective.device) for k, v in batch.items()}
+            out.append(objective.rewards(batch).cpu())
+    finally:
+        objective.model.train(was_training)
+    return torch.cat(out)
+
+
+def set_normalization(model: torch.nn.Module, *, offset: float, scale: float) -> None:
+    """Normalise the reward model: ``r' = scale · r + offset``.
+
+    The scale is folded into the head's weights. Transformers' sequence-classification heads
+    have no bias, so the offset is stored in the config as ``alignx_reward_offset`` (saved with
+    the model) and added by :class:`alignx.rewards.model.RewardModelScorer`; with plain
+    transformers, add ``model.config.alignx_reward_offset`` to the logits yourself.
+    """
+    from alignx.models.adapters import is_peft
+
+    base = model.get_base_model() if is_peft(model) else model
+    head = _head(base)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(scale)
+    base.config.alignx_reward_offset = float(offset)
+
+
+def _head(model: torch.nn.Module) -> torch.nn.Module:
+    for name in ("score", "classifier"):
+        module = getattr(model, name, None)
+        if module is not None:
+            # under peft this is a ModulesToSaveWrapper: scaling all its copies scales the trained one
+            return module
+    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
