@@ -9,8 +9,9 @@ from typing import Sequence
 #:   sft:      prompt (str), completion (str)
 #:   prompt:   prompt (str)
 #:   pairs:    prompt (str), chosen (str), rejected (str)
+#:   ranked:   prompt (str), completions (list[str], K >= 2), ranks (list of numbers, lower = better)
 #:   unpaired: prompt (str), completion (str), label (bool: True = desirable)
-ROW_KINDS = ("sft", "prompt", "pairs", "unpaired")
+ROW_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired")
 SPLITS = ("train", "val", "test")
 
 
@@ -26,7 +27,8 @@ class Task(ABC):
 
         Deterministic in (kind, split, n, seed, label_noise). Prompts of different splits are disjoint.
         ``label_noise`` is the probability that a preference pair's chosen/rejected are swapped
-        (only meaningful for ``pairs``; unpaired labels may be flipped likewise).
+        (only meaningful for ``pairs``; unpaired labels may be flipped likewise). A task that
+        generates ``ranked`` rows takes the number of completions per row as a keyword ``k``.
         """
 
     @abstractmethod
