@@ -30,6 +30,7 @@ COLUMNS = {
     "sft": {"prompt", "completion"},
     "prompt": {"prompt"},
     "pairs": {"prompt", "chosen", "rejected"},
+    "ranked": {"prompt", "completions", "ranks"},
     "unpaired": {"prompt", "completion", "label"},
 }
 
@@ -78,6 +79,11 @@ def test_row_schema(task, kind):
         for key, value in row.items():
             if key == "label":
                 assert type(value) is bool
+            elif key == "ranks":
+                assert len(value) == len(row["completions"]) and all(type(r) is int for r in value)
+            elif key == "completions":
+                assert len(value) == 4 and len(set(value)) == 4
+                assert all(isinstance(c, str) and c.strip() and len(c.encode()) < 40 for c in value), value
             else:
                 assert isinstance(value, str) and value.strip(), (key, value)
                 # byte-level tokenizer: keep sequences short
@@ -130,7 +136,7 @@ def test_prefix_stable_in_n(task):
 
 def test_kinds_share_prompts(task):
     prompts = [r["prompt"] for r in task.rows("prompt", "val", 40, seed=5)]
-    for kind in ("sft", "pairs", "unpaired"):
+    for kind in ("sft", "pairs", "ranked", "unpaired"):
         assert [r["prompt"] for r in task.rows(kind, "val", 40, seed=5)] == prompts
 
 
@@ -250,6 +256,46 @@ def test_unpaired_label_noise(task):
     assert [r["completion"] for r in clean] == [r["completion"] for r in noisy]
     flipped = sum(c["label"] != n["label"] for c, n in zip(clean, noisy))
     assert flipped / 1000 == pytest.approx(0.3, abs=0.05)
+
+
+def test_ranked_rows_follow_gold(task):
+    for k in (2, 4, 6):
+        rows = task.rows("ranked", "train", 200, seed=0, k=k)
+        for row in rows:
+            gold = task.gold_reward([row["prompt"]] * k, row["completions"])
+            ranks = row["ranks"]
+            assert len(set(row["completions"])) == k and len(set(ranks)) > 1  # distinct, never all tied
+            # dense ranks: 0 = best; equal gold <=> equal rank; better gold <=> lower rank
+            assert min(ranks) == 0 and sorted(set(ranks)) == list(range(len(set(ranks))))
+            for i in range(k):
+                for j in range(k):
+                    assert (gold[i] > gold[j] + 1e-9) == (ranks[i] < ranks[j])
+    # ties occur (equal gold gets equal rank) without making every row a tie
+    rows = task.rows("ranked", "train", 300, seed=0)
+    assert any(len(set(r["ranks"])) < 4 for r in rows)
+
+
+def test_ranked_label_noise_swaps_one_adjacent_pair(task):
+    clean = task.rows("ranked", "train", 1000, seed=0)
+    noisy = task.rows("ranked", "train", 1000, seed=0, label_noise=0.3)
+    changed = 0
+    for c, n in zip(clean, noisy):
+        assert c["completions"] == n["completions"] and c["prompt"] == n["prompt"]
+        if c["ranks"] != n["ranks"]:
+            changed += 1
+            diff = [i for i in range(4) if c["ranks"][i] != n["ranks"][i]]
+            assert len(diff) == 2
+            a, b = diff
+            # the two swapped their ranks, and those ranks were adjacent levels
+            assert (n["ranks"][a], n["ranks"][b]) == (c["ranks"][b], c["ranks"][a])
+            assert abs(c["ranks"][a] - c["ranks"][b]) == 1
+    assert changed / 1000 == pytest.approx(0.3, abs=0.05)
+
+
+@pytest.mark.parametrize("k", [1, 0, 2.0, True, "4"])
+def test_bad_k(task, k):
+    with pytest.raises(ValueError, match="k .*must be an integer >= 2"):
+        task.rows("ranked", "train", 3, k=k)
 
 
 # -- gold rewards ------------------------------------------------------------------------------

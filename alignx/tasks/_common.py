@@ -92,6 +92,17 @@ def check_same_length(prompts: Sequence[str], completions: Sequence[str]) -> Non
         )
 
 
+def _swap_adjacent_ranks(ranks: list[int], u: float) -> list[int]:
+    """Swap the ranks of one pair of completions adjacent in rank order (with different ranks),
+    picked by ``u`` in [0, 1)."""
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i])
+    pairs = [(a, b) for a, b in zip(order, order[1:]) if ranks[a] != ranks[b]]
+    a, b = pairs[min(int(u * len(pairs)), len(pairs) - 1)]
+    out = list(ranks)
+    out[a], out[b] = out[b], out[a]
+    return out
+
+
 class SyntheticTask(Task):
     """A :class:`Task` whose rows are generated from a few per-task hooks.
 
@@ -154,14 +165,21 @@ class SyntheticTask(Task):
             cache[split] = [p for p in self.prompt_space() if split_of(p) == split]
         return cache[split]
 
-    def rows(self, kind: str, split: str, n: int, seed: int = 0, label_noise: float = 0.0) -> list[dict]:
+    def rows(
+        self, kind: str, split: str, n: int, seed: int = 0, label_noise: float = 0.0, k: int = 4
+    ) -> list[dict]:
         """Return ``n`` rows of ``kind`` for ``split``; see :class:`Task` and the class docstring.
 
         ``pairs``: two distinct-quality candidates, chosen = higher gold reward, then swapped with
-        probability ``label_noise``. ``unpaired``: about half good (gold >= :attr:`good_threshold`,
-        label True) and half bad (label False), each label flipped with probability ``label_noise``.
+        probability ``label_noise``. ``ranked``: ``k`` distinct candidates in drawn order, ranked
+        by gold reward (0 = best; equal gold, equal rank; never all tied); with probability
+        ``label_noise`` the ranks of one random pair adjacent in rank order are swapped.
+        ``unpaired``: about half good (gold >= :attr:`good_threshold`, label True) and half bad
+        (label False), each label flipped with probability ``label_noise``.
         """
         check_rows_args(self.name, kind, split, n, seed, label_noise)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise TaskArgumentError(f"task '{self.name}': k (completions per ranked row) must be an integer >= 2, got {k!r}")
         prompts = self._draw_prompts(split, n, seed)
         gen = derive_rng(self.name, "completions", kind, split, seed)
         noise = derive_rng(self.name, "noise", kind, split, seed)
@@ -176,6 +194,13 @@ class SyntheticTask(Task):
                 if noise.random() < label_noise:
                     chosen, rejected = rejected, chosen
                 out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+            elif kind == "ranked":
+                completions, ranks = self._ranked(prompt, gen, k)
+                # two draws per row whatever label_noise is, so the noise stream stays aligned
+                flip, which = noise.random(), noise.random()
+                if flip < label_noise:
+                    ranks = _swap_adjacent_ranks(ranks, which)
+                out.append({"prompt": prompt, "completions": completions, "ranks": ranks})
             else:
                 completion, label = self._unpaired(prompt, gen)
                 if noise.random() < label_noise:
@@ -210,6 +235,25 @@ class SyntheticTask(Task):
             if abs(ga - gb) > 1e-9:
                 return (a, b) if ga > gb else (b, a)
         raise RuntimeError(f"task '{self.name}': no pair of distinct gold reward found for {prompt!r}")
+
+    def _ranked(self, prompt: str, rng: random.Random, k: int) -> tuple[list[str], list[int]]:
+        """``k`` distinct candidates and their dense gold ranks (0 = best), not all tied."""
+        for _ in range(self.max_attempts):
+            completions: list[str] = []
+            for _ in range(self.max_attempts):
+                c = self.candidate(prompt, rng)
+                if c not in completions:
+                    completions.append(c)
+                    if len(completions) == k:
+                        break
+            else:
+                raise RuntimeError(f"task '{self.name}': fewer than k={k} distinct candidates for {prompt!r}")
+            # rounding makes gold values equal up to float noise share a rank
+            gold = [round(self.score(prompt, c), 9) for c in completions]
+            levels = sorted(set(gold), reverse=True)
+            if len(levels) > 1:
+                return completions, [levels.index(g) for g in gold]
+        raise RuntimeError(f"task '{self.name}': every draw of {k} candidates tied in gold reward for {prompt!r}")
 
     def _unpaired(self, prompt: str, rng: random.Random) -> tuple[str, bool]:
         want_good = rng.random() < 0.5
