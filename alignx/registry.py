@@ -3,8 +3,8 @@
 Contract (stable, user-visible):
 
 * ``[project.entry-points."alignx.plugins"] name = "pkg.module:register"`` — called as
-  ``register(registry)``; it registers objectives, tasks, dataset sources, models, adapters and
-  rewards by name.
+  ``register(registry)``; it registers objectives, tasks, dataset sources, models, adapters,
+  rewards and row formats by name.
 * ``[project.entry-points."alignx.conf"] name = "pkg.conf"`` — a package of config-group YAMLs.
   It is located on disk and appended to Hydra's search path; it is never imported.
 
@@ -43,6 +43,7 @@ KINDS: dict[str, str] = {
     "model": "model builder: (cfg, tokenizer_or_None) -> (model, tokenizer)",
     "adapter": "adapter: (model, cfg) -> model",
     "reward": "reward function: (prompts, completions) -> list[float]",
+    "format": "row format: (raw row: dict, dataset cfg) -> dict in a canonical schema (applied before validation)",
 }
 
 T = TypeVar("T")

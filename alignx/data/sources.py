@@ -14,19 +14,28 @@ Splits for file-based sources (jsonl, parquet, hub):
 * test: the test file(s) if given, else the val rows.
 
 ``columns`` maps canonical column names to the file's names, e.g. ``{prompt: question,
-completion: answer}``; unmapped names map to themselves.
+completion: answer}``; unmapped names map to themselves. ``format`` names a registered row
+format (registry kind "format", e.g. the presets in :mod:`alignx.data.presets`): a function
+``(raw row, dataset cfg) -> row`` applied to every raw row before ``columns`` and validation;
+null means the rows are already canonical.
+
+Invalid rows raise, or are dropped and counted under ``data.invalid_rows=drop`` (see
+:func:`alignx.data.formats.collect_invalid_rows`). Loaders return a :class:`SplitRows`: a list
+that also remembers each row's file and row number, for errors found after loading.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
+import inspect
 import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from alignx.data.formats import CANONICAL_COLUMNS, check_kind, validate_row, validate_rows
+from alignx.data.formats import CANONICAL_COLUMNS, RowError, check_kind, reject_row, validate_row
 from alignx.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -38,10 +47,43 @@ HUB_LAYOUTS = (
     "data/{split}.jsonl",
     "{split}/*.parquet",
     "{split}-*.parquet",
+    "{split}.jsonl.gz",
+    "*/{split}.jsonl.gz",  # Anthropic/hh-rlhf: harmless-base/train.jsonl.gz, helpful-base/...
 )
-_HUB_PATTERNS = ["*.jsonl", "*.json", "*.parquet", "*.md"]
+_HUB_PATTERNS = ["*.jsonl", "*.jsonl.gz", "*.json", "*.parquet", "*.md"]
 
 Locate = Callable[[str], list[Path] | None]
+#: (source, 1-based row number) of a row, for error messages
+Location = tuple[str, int | None]
+RowFormat = Callable[[Any, str, int], Any]
+
+
+class SplitRows(list):
+    """The validated rows of one split: a plain list to every consumer, plus provenance.
+
+    ``locations[i]`` is the (file, row number) row ``i`` came from, so a problem found after
+    loading (a row too long for ``data.max_length``) can still name the file and line; ``split``
+    names the split; ``invalid_dropped`` counts rows left out under ``data.invalid_rows=drop``.
+    """
+
+    def __init__(
+        self,
+        rows: Iterable[dict] = (),
+        *,
+        locations: Iterable[Location] | None = None,
+        split: str = "",
+        invalid_dropped: int = 0,
+    ) -> None:
+        super().__init__(rows)
+        self.locations = None if locations is None else list(locations)
+        self.split = split
+        self.invalid_dropped = invalid_dropped
+
+    def location(self, index: int) -> Location:
+        """Where row ``index`` (0-based) came from; without recorded locations, its position in the split."""
+        if self.locations is not None and 0 <= index < len(self.locations):
+            return self.locations[index]
+        return (f"{self.split or 'data'} split", index + 1)
 
 
 # ---------------------------------------------------------------- reading files
@@ -53,19 +95,26 @@ def _resolve(path: Any) -> Path:
     return Path(to_absolute_path(os.path.expanduser(str(path))))
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    rows = []
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON: {e.msg} at character {e.colno}", source=str(path), row=line_no) from None
-            except ValueError as e:  # bad UTF-8
-                raise DataError(f"invalid JSON line: {e}", source=str(path), row=line_no) from None
-    return rows
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    # a generator, so that problems are reported (or dropped) in file order, with validation
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:  # one bad line is an invalid row: data.invalid_rows decides
+                    what = e.msg.removesuffix(" at")
+                    reject_row(RowError(f"invalid JSON: {what} at character {e.colno}", source=str(path), row=line_no, reason="invalid JSON"))
+                    continue
+                except ValueError as e:  # bad UTF-8
+                    reject_row(RowError(f"invalid JSON line: {e}", source=str(path), row=line_no, reason="invalid JSON"))
+                    continue
+                yield line_no, row
+    except (OSError, EOFError) as e:  # e.g. a truncated or non-gzip .gz file
+        raise DataError(f"could not read file: {type(e).__name__}: {e}", source=str(path)) from None
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Any]]:
@@ -78,9 +127,14 @@ def _read_parquet(path: Path) -> list[tuple[int, Any]]:
     return list(enumerate(table.to_pylist(), 1))
 
 
-def _read_file(path: Path, fmt: str) -> list[tuple[int, Any]]:
+def _file_format(path: Path) -> str:
+    return "jsonl" if path.name.endswith((".jsonl", ".jsonl.gz")) else path.suffix.lstrip(".")
+
+
+def _read_file(path: Path, fmt: str) -> Iterable[tuple[int, Any]]:
     """Raw rows of a ``fmt`` ("jsonl" | "parquet") file, each with its 1-based row number
-    (jsonl: the line number, blank lines counted; parquet: the row index)."""
+    (jsonl: the line number, blank lines counted; parquet: the row index). A ``.gz`` jsonl file
+    is decompressed."""
     if not path.exists():
         raise DataError("file does not exist", source=str(path))
     if not path.is_file():
@@ -99,15 +153,71 @@ def _columns(cfg: Mapping) -> dict[str, str]:
     return columns
 
 
-def _load_file(path: Path, fmt: str, kind: str, columns: Mapping[str, str]) -> list[dict]:
-    """Read, column-map and validate one file."""
-    return [validate_row(row, kind, str(path), n, columns=columns) for n, row in _read_file(path, fmt)]
+def _row_format(cfg: Mapping) -> RowFormat | None:
+    """``dataset.format`` as ``(raw row, source, row number) -> row``, or None when not set.
+
+    Anything the format raises becomes a :class:`DataError` naming the file, the row and (when
+    the exception has a ``column`` attribute, or is a KeyError) the column.
+    """
+    name = cfg.get("format")
+    if name is None or str(name) == "":
+        return None
+    from alignx.registry import load_plugins  # late: formats may come from plugins
+
+    registry = load_plugins()
+    if ("format", str(name)) not in registry:
+        raise ConfigError(
+            f"dataset.format='{name}' is not a registered row format. Valid: {', '.join(registry.names('format'))} "
+            "(or null when the rows already use alignx's column names)"
+        )
+    fn = registry.get("format", str(name))
+
+    def apply(row: Any, source: str, number: int) -> Any:
+        if not isinstance(row, Mapping):
+            return row  # validation reports it
+        try:
+            out = fn(row, cfg)
+        except Exception as e:  # noqa: BLE001 -- any failure of a format is a problem with this row
+            column = getattr(e, "column", None)
+            if isinstance(e, KeyError) and column is None and e.args:
+                column, detail = str(e.args[0]), f"missing column; the row has columns {sorted(row)}"
+            else:
+                detail = str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
+            reason = getattr(e, "reason", None) or f"format '{name}' failed"
+            raise RowError(f"dataset.format={name}: {detail}", source=source, row=number, column=column, reason=reason) from None
+        if not isinstance(out, Mapping):
+            raise RowError(
+                f"dataset.format={name} returned {type(out).__name__}, not a row dict", source=source, row=number, reason=f"format '{name}' failed"
+            )
+        return out
+
+    return apply
+
+
+def _validated(
+    raw: Iterable[tuple[str, int, Any]], kind: str, columns: Mapping[str, str], row_format: RowFormat | None
+) -> list[tuple[Location, dict]]:
+    """Format and validate (source, row number, raw row) triples; invalid rows go to :func:`reject_row`."""
+    out = []
+    for source, n, row in raw:
+        try:
+            if row_format is not None:
+                row = row_format(row, source, n)
+            out.append(((source, n), validate_row(row, kind, source, n, columns=columns)))
+        except DataError as err:
+            reject_row(err, kind)
+    return out
+
+
+def _load_file(path: Path, fmt: str, kind: str, columns: Mapping[str, str], row_format: RowFormat | None = None) -> list[tuple[Location, dict]]:
+    """Read, format, column-map and validate one file; rows come with their locations."""
+    return _validated(((str(path), n, row) for n, row in _read_file(path, fmt)), kind, columns, row_format)
 
 
 # ---------------------------------------------------------------- splits
 
 
-def _split_off_val(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def _split_off_val(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Seeded split of ``rows`` into (train, val); both keep file order."""
     n = len(rows)
     n_val = round(n * fraction)
@@ -119,29 +229,33 @@ def _split_off_val(rows: list[dict], fraction: float, seed: int) -> tuple[list[d
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
-def _load_split(cfg: Mapping, kind: str, split: str, seed: int, locate: Locate, fmt: str | None) -> list[dict]:
+def _load_split(cfg: Mapping, kind: str, split: str, seed: int, locate: Locate, fmt: str | None) -> SplitRows:
     """The split logic shared by file-based sources. ``locate(split)`` gives that split's files,
     or None when it has none of its own; ``fmt`` None means "by file suffix"."""
     check_kind(kind)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
     columns = _columns(cfg)
+    row_format = _row_format(cfg)
 
-    def read(files: list[Path]) -> list[dict]:
-        return [row for p in files for row in _load_file(p, fmt or p.suffix.lstrip("."), kind, columns)]
+    def read(files: list[Path]) -> list[tuple[Location, dict]]:
+        return [item for p in files for item in _load_file(p, fmt or _file_format(p), kind, columns, row_format)]
+
+    def done(items: list[tuple[Location, dict]]) -> SplitRows:
+        return SplitRows((row for _, row in items), locations=(loc for loc, _ in items), split=split)
 
     if split == "test" and (files := locate("test")) is not None:
-        return read(files)
+        return done(read(files))
     if split in ("val", "test") and (files := locate("val")) is not None:
-        return read(files)
+        return done(read(files))
     train = read(locate("train") or [])
     if split == "train" and locate("val") is not None:
-        return train
+        return done(train)
     fraction = float(cfg.get("val_fraction") or 0.0)
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
     train, val = _split_off_val(train, fraction, seed)
-    return train if split == "train" else val
+    return done(train if split == "train" else val)
 
 
 def _path_locator(cfg: Mapping) -> Locate:
@@ -158,17 +272,18 @@ def _path_locator(cfg: Mapping) -> Locate:
 # ---------------------------------------------------------------- loaders
 
 
-def load_jsonl(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
-    """Rows of ``split`` from JSON-lines files.
+def load_jsonl(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
+    """Rows of ``split`` from JSON-lines files (``.jsonl``, or gzip-compressed ``.jsonl.gz``).
 
     Keys: ``path`` (train file), ``val_path``, ``test_path`` (optional), ``val_fraction``,
-    ``columns``; see the module docstring for how splits are made. One JSON object per line;
-    blank lines are skipped. Errors name the file, its line number and the file's column name.
+    ``columns``, ``format``; see the module docstring for how splits are made. One JSON object
+    per line; blank lines are skipped. Errors name the file, its line number and the file's
+    column name.
     """
     return _load_split(cfg, kind, split, seed, _path_locator(cfg), "jsonl")
 
 
-def load_parquet(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+def load_parquet(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
     """Rows of ``split`` from parquet files; same keys as :func:`load_jsonl`.
     Errors name the file, the 1-based row index and the file's column name."""
     return _load_split(cfg, kind, split, seed, _path_locator(cfg), "parquet")
@@ -188,14 +303,14 @@ def _hub_dir(cfg: Mapping) -> Path:
         raise ConfigError("dataset.id (a Hugging Face Hub dataset id or a local directory) is required")
     local = _resolve(ds_id)
     if local.is_dir():
-        return local
+        return _data_dir(local, cfg)
     if ds_id.startswith(("/", ".", "~")) or local.exists():
         raise DataError("not an existing directory (nor a Hub dataset id)", source=str(local))
     from huggingface_hub import snapshot_download
 
     offline = _offline()
     try:
-        return Path(
+        root = Path(
             snapshot_download(
                 repo_id=ds_id,
                 repo_type="dataset",
@@ -215,6 +330,19 @@ def _hub_dir(cfg: Mapping) -> Path:
             "dataset.id=/path/to/dir",
             source=ds_id,
         ) from None
+    return _data_dir(root, cfg)
+
+
+def _data_dir(root: Path, cfg: Mapping) -> Path:
+    """``root``, or its ``data_dir`` subdirectory (one subset, e.g. hh-rlhf's ``harmless-base``)."""
+    sub = cfg.get("data_dir")
+    if not sub:
+        return root
+    path = root / str(sub)
+    if not path.is_dir():
+        subsets = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"dataset.data_dir '{sub}' is not a directory of the dataset; it has {subsets}", source=str(root))
+    return path
 
 
 def _find_split_files(root: Path, name: str) -> list[Path]:
@@ -235,15 +363,16 @@ def _find_split_files(root: Path, name: str) -> list[Path]:
     )
 
 
-def load_hub(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+def load_hub(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
     """Rows of ``split`` from a Hugging Face Hub dataset or a local directory in Hub layout.
 
     Keys: ``id`` (Hub dataset id, or a local directory, which is used as is), ``revision``,
-    ``splits`` (alignx split -> the dataset's split name; default ``{train: train}``: an unmapped
-    val comes from ``val_fraction`` and an unmapped test is the val rows), ``columns``.
-    A split's files are found with the first of :data:`HUB_LAYOUTS` that matches (jsonl or
-    parquet; several shards are read in sorted order). Fetch failures (offline, unknown id)
-    become a short :class:`DataError`.
+    ``data_dir`` (optional subdirectory holding one subset), ``splits`` (alignx split -> the
+    dataset's split name; default ``{train: train}``: an unmapped val comes from
+    ``val_fraction`` and an unmapped test is the val rows), ``columns``, ``format``.
+    A split's files are found with the first of :data:`HUB_LAYOUTS` that matches (jsonl,
+    jsonl.gz or parquet; several shards are read in sorted order). Fetch failures (offline,
+    unknown id) become a short :class:`DataError`.
     """
     root = _hub_dir(cfg)
     splits = {"train": "train", **{str(k): v for k, v in (cfg.get("splits") or {}).items()}}
@@ -257,11 +386,12 @@ def load_hub(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
     return _load_split(cfg, kind, split, seed, locate, None)
 
 
-def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
+def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
     """Rows of ``split`` generated by a builtin task.
 
     Keys: ``task`` (a registered task name), ``n_train`` / ``n_val`` /
-    ``n_test`` (row counts), ``label_noise`` (default 0).
+    ``n_test`` (row counts), ``label_noise`` (default 0), ``ranked_k`` (completions per
+    ranked row, default 4; passed to the task's ``rows`` as ``k`` for kind "ranked").
     """
     from alignx.registry import load_plugins  # late: tasks may come from plugins
 
@@ -275,8 +405,17 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> list[dict]:
     if n is None:
         raise ConfigError(f"dataset.n_{split} (the number of {split} rows) is required for builtin tasks")
     label_noise = float(cfg.get("label_noise") or 0.0)
-    rows = registry.get("task", name)().rows(kind, split, int(n), seed=seed, label_noise=label_noise)
-    return validate_rows(rows, kind, source=f"builtin task '{name}'")
+    task = registry.get("task", name)()
+    extra = {}
+    if kind == "ranked":
+        params = inspect.signature(task.rows).parameters
+        if "k" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ConfigError(f"builtin task '{name}' does not generate ranked rows (its rows() takes no 'k')")
+        extra["k"] = int(cfg.get("ranked_k", 4))
+    rows = task.rows(kind, split, int(n), seed=seed, label_noise=label_noise, **extra)
+    source = f"builtin task '{name}' ({split} split)"
+    items = _validated(((source, i, row) for i, row in enumerate(rows, 1)), kind, {}, None)
+    return SplitRows((row for _, row in items), locations=(loc for loc, _ in items), split=split)
 
 
 #: source kind (the ``dataset.source`` config value) -> loader
