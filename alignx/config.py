@@ -11,6 +11,7 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
+from alignx.data.formats import INVALID_ROW_POLICIES
 from alignx.errors import ConfigError
 from alignx.registry import conf_dirs
 
@@ -67,6 +68,7 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False)
 class DataSchema:
     max_length: int = 128
     truncation: str = "truncate_prompt"
+    invalid_rows: str = "error"
     completion_only_loss: bool = True
     chat_template: bool = False
     batch_size: int = 32
@@ -93,7 +95,7 @@ class EvalSchema:
     num_logged_samples: int = 16
 
 
-TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop")
+TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop", "error")
 TOP_LEVEL = {
     "objective", "model", "adapter", "dataset", "optim", "scheduler", "trainer", "tracking", "eval",
     "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric",
@@ -133,6 +135,10 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
     if cfg.data.truncation not in TRUNCATION_POLICIES:
         raise ConfigError(
             f"data.truncation='{cfg.data.truncation}' is not a policy. Valid: {', '.join(TRUNCATION_POLICIES)}"
+        )
+    if cfg.data.get("invalid_rows", "error") not in INVALID_ROW_POLICIES:
+        raise ConfigError(
+            f"data.invalid_rows='{cfg.data.invalid_rows}' is not a policy. Valid: {', '.join(INVALID_ROW_POLICIES)}"
         )
 
 

@@ -6,7 +6,36 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from alignx.errors import DataError
 from alignx.ops.logprobs import IGNORE_INDEX
+
+
+class RowTooLongError(DataError):
+    """A row longer than ``data.max_length`` under ``data.truncation=error``.
+
+    :func:`fit_to_length` raises it without a location; :func:`encode_rows` re-raises it naming
+    the split, the row's index and, when the rows know it, the file and row it came from.
+    """
+
+    def __init__(self, prompt_len: int, completion_len: int, max_length: int, *, source: str = "data", row: int | None = None, where: str = "row"):
+        self.prompt_len, self.completion_len, self.max_length = prompt_len, completion_len, max_length
+        super().__init__(
+            f"{where} is too long: prompt {prompt_len} + completion {completion_len} = {prompt_len + completion_len} tokens "
+            f"> data.max_length={max_length} (data.truncation=error). Set data.truncation=truncate_prompt, "
+            "truncate_completion or drop, or raise data.max_length",
+            source=source,
+            row=row,
+        )
+        self.reason = "too long"
+
+    def located(self, rows: Any, index: int) -> "RowTooLongError":
+        """The same error, naming row ``index`` (0-based) of ``rows`` (a :class:`~alignx.data.sources.SplitRows`
+        or any sequence)."""
+        split = getattr(rows, "split", "") or ""
+        where = f"{split} split row {index + 1}" if split else f"row {index + 1}"
+        location = getattr(rows, "location", None)
+        source, number = location(index) if callable(location) else ("data", index + 1)
+        return RowTooLongError(self.prompt_len, self.completion_len, self.max_length, source=source, row=number, where=where)
 
 
 @dataclass
@@ -82,10 +111,13 @@ def fit_to_length(
 
     ``truncate_prompt`` keeps the end of the prompt (the part nearest the completion) and its
     first ``keep_prefix`` tokens (BOS); ``truncate_completion`` cuts the completion's end;
-    ``drop`` discards the row. A row that cannot fit even after truncation is dropped.
+    ``drop`` discards the row; ``error`` raises :class:`RowTooLongError` (which
+    :func:`encode_rows` locates). A row that cannot fit even after truncation is dropped.
     """
     if len(prompt_ids) + len(completion_ids) <= max_length:
         return prompt_ids, completion_ids, "kept"
+    if policy == "error":
+        raise RowTooLongError(len(prompt_ids), len(completion_ids), max_length)
     if policy == "truncate_prompt":
         room = max_length - len(completion_ids) - keep_prefix
         if room < 1:
@@ -124,10 +156,20 @@ def encode_sft_row(
 def encode_rows(
     rows: Iterable[Mapping[str, Any]], encode: Callable[[Mapping[str, Any]], tuple[Any, str]]
 ) -> tuple[list[dict], EncodeStats]:
-    """Encode every row, counting kept/truncated/dropped."""
+    """Encode every row, counting kept/truncated/dropped.
+
+    Under ``data.truncation=error`` the first over-long row raises a :class:`DataError` naming
+    the split and the row's index (and its file and row, when ``rows`` is a
+    :class:`~alignx.data.sources.SplitRows`) with its lengths.
+    """
     out, stats = [], EncodeStats()
-    for row in rows:
-        item, status = encode(row)
+    for i, row in enumerate(rows):
+        try:
+            item, status = encode(row)
+        except RowTooLongError as err:
+            if err.row is not None:  # already located by the encoder
+                raise
+            raise err.located(rows, i) from None
         stats.add(status)
         if item is not None:
             out.append(item)
