@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import FAST, run_alignx
+from conftest import FAST, fast, run_alignx, run_cli
 
 GOOD = {"prompt": "Q: 1+1?", "completion": " 2"}
 
@@ -91,3 +91,51 @@ def test_hub_dataset_without_network_is_a_clear_error(tmp_path):
     assert "nonexistent-org/nonexistent-dataset-xyz" in line and "dataset.id=" in line
     assert "Traceback" not in proc.stderr
     _assert_nothing_finished(tmp_path)
+
+
+# -- preference data: data.invalid_rows decides between one clear error and a counted drop ----
+
+def _pair_line(i: int) -> str:
+    return json.dumps({"prompt": f"Q{i}:", "chosen": " good", "rejected": " bad"})
+
+
+PAIRS_WITH_TWO_BAD = (
+    [_pair_line(i) for i in range(3)]
+    + [json.dumps({"prompt": "Q:", "chosen": " same", "rejected": " same"})]  # line 4: chosen == rejected
+    + [_pair_line(i) for i in range(3, 10)]
+    + [json.dumps({"prompt": "Q:", "chosen": "", "rejected": " bad"})]  # line 12: empty completion
+)
+
+
+def _run_dpo(tmp_path: Path, path: Path, *extra: str):
+    args = [a for a in fast("objective=dpo", "trainer.max_steps=2") if not a.startswith("dataset.")]
+    return run_cli(
+        [*args, "dataset=jsonl", f"dataset.path={path}", "dataset.val_fraction=0.25", "eval.enabled=false", *extra,
+         f"outputs_root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
+
+
+def test_dpo_bad_pairs_stop_the_job_by_default(tmp_path):
+    path = _jsonl(tmp_path / "pairs.jsonl", PAIRS_WITH_TWO_BAD)
+    proc = _run_dpo(tmp_path, path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("alignx: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert f"{path}, row 4, column 'rejected'" in errors[0] and "identical" in errors[0]
+    assert "Traceback" not in proc.stderr
+    _assert_nothing_finished(tmp_path)
+
+
+def test_dpo_bad_pairs_dropped_and_counted(tmp_path):
+    path = _jsonl(tmp_path / "pairs.jsonl", PAIRS_WITH_TWO_BAD)
+    proc = _run_dpo(tmp_path, path, "data.invalid_rows=drop")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "2 invalid train row(s) dropped (chosen == rejected: 1, empty text: 1)" in out
+    assert f"{path}, row 4, column 'rejected'" in out and f"{path}, row 12, column 'chosen'" in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["data/train/invalid_dropped"] == 2
+    assert run.data.metrics["data/val/invalid_dropped"] == 0
