@@ -174,9 +174,8 @@ def test_invalid_rows_under_both_policies(row, kind, column, needle, reason):
 
 
 def test_invalid_policy_name_is_checked():
-    with pytest.raises(ConfigError, match="Valid: error, drop"):
-        with collect_invalid_rows("skip"):
-            pass
+    with pytest.raises(ConfigError, match="Valid: error, drop"), collect_invalid_rows("skip"):
+        pass
 
 
 def test_reject_row_for_third_party_loaders():

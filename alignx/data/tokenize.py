@@ -28,7 +28,7 @@ class RowTooLongError(DataError):
         )
         self.reason = "too long"
 
-    def located(self, rows: Any, index: int) -> "RowTooLongError":
+    def located(self, rows: Any, index: int) -> RowTooLongError:
         """The same error, naming row ``index`` (0-based) of ``rows`` (a :class:`~alignx.data.sources.SplitRows`
         or any sequence)."""
         split = getattr(rows, "split", "") or ""

@@ -9,6 +9,7 @@ randomness comes from :class:`random.Random` seeded through SHA-256, never from 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 import re
@@ -96,7 +97,7 @@ def _swap_adjacent_ranks(ranks: list[int], u: float) -> list[int]:
     """Swap the ranks of one pair of completions adjacent in rank order (with different ranks),
     picked by ``u`` in [0, 1)."""
     order = sorted(range(len(ranks)), key=lambda i: ranks[i])
-    pairs = [(a, b) for a, b in zip(order, order[1:]) if ranks[a] != ranks[b]]
+    pairs = [(a, b) for a, b in itertools.pairwise(order) if ranks[a] != ranks[b]]
     a, b = pairs[min(int(u * len(pairs)), len(pairs) - 1)]
     out = list(ranks)
     out[a], out[b] = out[b], out[a]
