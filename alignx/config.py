@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, fields
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -93,6 +93,7 @@ class EvalSchema:
     top_k: int = 0
     top_p: float = 1.0
     num_logged_samples: int = 16
+    reward_model: Optional[str] = None
 
 
 TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop", "error")
