@@ -257,6 +257,9 @@ def evaluate(
     from alignx.evaluation import evaluate_policy
     from alignx.objectives.sft import SFT
 
+    from alignx.evaluation import reference_rows
+
+    test_rows = reference_rows(test_rows)
     if not cfg.eval.enabled or not test_rows:
         return {}, []
     task = cfg.dataset.get("task")
@@ -373,7 +376,9 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     generates = getattr(objective_cls, "generates_text", True)
-    rows = load_rows(cfg, registry, objective_cls.row_kind(cfg.objective), "sft" if generates else None)
+    kind = objective_cls.row_kind(cfg.objective)
+    # evaluation reads held-out rows of the kind the job trains on (a pairs-only file has no sft rows)
+    rows = load_rows(cfg, registry, kind, kind if generates else None)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, base_dir = build_policy(cfg, registry, output_dir, objective_cls)
     cache_dir = outputs_root / "cache" / "tokenized" if cfg.data.cache else None
@@ -460,6 +465,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
         trainer.fit(objective, datamodule=datamodule)
         job.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         final = dict(getattr(objective, "final_metrics", {}) or {})
+        for cb in callbacks:
+            final.update({f"data/{split}/ref_logps_cache_hit": float(hit) for split, hit in getattr(cb, "hits", {}).items()})
         if final:
             job.metrics.update(final)
             tracker.log_metrics(final, step=int(trainer.global_step))

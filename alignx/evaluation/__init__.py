@@ -14,6 +14,34 @@ from alignx.losses.sft import sft_loss
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
 
+def reference_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Held-out rows of any kind as sft rows: a prompt and a good reference completion.
+
+    pairs -> the chosen completion; ranked -> the best-ranked one; unpaired -> the desirable
+    rows (all rows if none is); sft rows pass through. A message-list prompt becomes a
+    ``messages`` conversation. Prompts feed generation, completions feed perplexity.
+    """
+    out = []
+    desirable = [r for r in rows if r.get("label") is True]
+    for row in desirable if desirable else rows:
+        if "completion" not in row and "messages" in row:
+            out.append(dict(row))
+            continue
+        if "chosen" in row:
+            completion = row["chosen"]
+        elif "completions" in row:
+            ranks = list(row["ranks"])
+            completion = row["completions"][ranks.index(min(ranks))]
+        else:
+            completion = row["completion"]
+        prompt = row.get("prompt", "")
+        if isinstance(prompt, list):
+            out.append({"messages": [*prompt, {"role": "assistant", "content": completion}]})
+        else:
+            out.append({"prompt": prompt, "completion": completion})
+    return out
+
+
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> float:
     """exp(mean NLL per completion token) over encoded, collated held-out batches."""

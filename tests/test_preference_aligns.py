@@ -1,0 +1,73 @@
+"""Proof in miniature that preference learning aligns (the DPO paper's sentiment experiment).
+
+On builtin ``sentiment`` with ``model=tiny`` on CPU: SFT, then DPO on gold-labelled pairs or KTO
+on unpaired gold-labelled rows, raises the gold reward of the policy's completions above the SFT
+model's, at a reported KL from it; a reward model trained on pairs with 10% flipped labels ranks
+clean held-out pairs far better than chance.
+"""
+
+import math
+
+import pytest
+
+from alignx.config import compose
+from alignx.rewards.model import RewardModelScorer
+from alignx.tasks import BUILTIN_TASKS
+from alignx.train import train
+
+COMMON = ["dataset=sentiment", "tracking=none", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    return train(compose([*COMMON, "experiment=quickstart", f"output_dir={root}", f"outputs_root={root}"]))
+
+
+def _from_sft(sft, tmp_path, *overrides):
+    return train(compose([*COMMON, "model=hf", f"model.name_or_path={sft.model_dir}", "optim.lr=1e-4",
+                          f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}", *overrides]))
+
+
+def _report(name, before, after):
+    print(name, {k: round(v, 3) for k, v in after.items() if k.startswith("eval/")},
+          "SFT", {k: round(v, 3) for k, v in before.items() if k.startswith("eval/")})
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_raises_gold_reward_at_a_reported_kl(sft, tmp_path):
+    dpo = _from_sft(sft, tmp_path, "objective=dpo", "trainer.max_steps=150")
+    before, after = sft.metrics, dpo.metrics
+    _report("DPO", before, after)
+    assert after["eval/gold_reward_greedy"] > before["eval/gold_reward_greedy"] + 0.15
+    assert after["eval/gold_reward_sampled"] > before["eval/gold_reward_sampled"] + 0.03
+    assert after["val/rewards/accuracies"] > 0.6  # prefers chosen over rejected on held-out pairs
+    # the price of the gain: the policy moved away from the SFT model (KL in nats per completion)
+    assert math.isfinite(after["eval/kl_to_reference"]) and after["eval/kl_to_reference"] > 0.1
+
+
+@pytest.mark.slow
+def test_sft_then_kto_from_unpaired_rows_raises_gold_reward(sft, tmp_path):
+    # reference log-probs precomputed once: no reference forward during training
+    kto = _from_sft(sft, tmp_path, "objective=kto", "objective.precompute_ref_logps=true", "trainer.max_steps=100")
+    before, after = sft.metrics, kto.metrics
+    _report("KTO", before, after)
+    assert after["eval/gold_reward_greedy"] > before["eval/gold_reward_greedy"] + 0.15
+    assert after["eval/gold_reward_sampled"] > before["eval/gold_reward_sampled"] + 0.03
+    assert after["val/rewards/margins"] > 0  # desirable completions gained on undesirable ones
+    assert math.isfinite(after["eval/kl_to_reference"]) and after["eval/kl_to_reference"] > 0.1
+
+
+@pytest.mark.slow
+def test_reward_model_with_10pct_label_noise_ranks_clean_held_out_pairs_well_above_chance(tmp_path):
+    job = train(compose([*COMMON, "objective=rm", "dataset.label_noise=0.1", "trainer.max_steps=150", "optim.lr=1e-3",
+                         f"output_dir={tmp_path / 'rm'}", f"outputs_root={tmp_path}"]))
+    # held-out: test-split prompts (disjoint from training), labels straight from the gold reward
+    pairs = BUILTIN_TASKS["sentiment"]().rows("pairs", "test", 128, seed=1, label_noise=0.0)
+    scorer = RewardModelScorer(job.model_dir)  # the saved model, as a later stage would load it
+    prompts = [p["prompt"] for p in pairs]
+    chosen = scorer(prompts, [p["chosen"] for p in pairs])
+    rejected = scorer(prompts, [p["rejected"] for p in pairs])
+    accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+    print("RM held-out accuracy on clean pairs", accuracy, "val (noisy labels)", job.metrics["val/accuracy"])
+    assert accuracy > 0.7  # chance is 0.5; 10% of the training labels were wrong
