@@ -377,8 +377,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
 
     generates = getattr(objective_cls, "generates_text", True)
     kind = objective_cls.row_kind(cfg.objective)
-    # evaluation reads held-out rows of the kind the job trains on (a pairs-only file has no sft rows)
-    rows = load_rows(cfg, registry, kind, kind if generates else None)
+    # Evaluation reads held-out demonstrations where a builtin task has them (so perplexity is
+    # comparable across objectives), else held-out rows of the trained kind: a pairs-only file
+    # has no sft rows, and its chosen completions serve as the reference completions.
+    test_kind = ("sft" if str(cfg.dataset.source) == "builtin" else kind) if generates else None
+    rows = load_rows(cfg, registry, kind, test_kind)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, base_dir = build_policy(cfg, registry, output_dir, objective_cls)
     cache_dir = outputs_root / "cache" / "tokenized" if cfg.data.cache else None
