@@ -132,3 +132,15 @@ def pool():
 
     with ThreadPoolExecutor(max_workers=3) as executor:
         yield executor
+
+
+@pytest.fixture(scope="session")
+def sentiment_sft(tmp_path_factory: pytest.TempPathFactory):
+    """The README's main job (``experiment=quickstart``: 300 SFT steps of model=tiny on sentiment),
+    trained once per session: the SFT-learnability check and the preference proofs start from it."""
+    from alignx.config import compose
+    from alignx.train import train
+
+    root = tmp_path_factory.mktemp("sentiment_sft")
+    return train(compose(["experiment=quickstart", "tracking=none", "trainer.enable_progress_bar=false",
+                          f"output_dir={root}", f"outputs_root={root}"]))

@@ -20,7 +20,7 @@ MIN_GAIN = {"sentiment": 0.2, "arithmetic": 0.08, "format": 0.15}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["sentiment", "arithmetic", "format"])
-def test_sft_raises_gold_reward_of_samples(tmp_path, task):
+def test_sft_raises_gold_reward_of_samples(tmp_path, task, request):
     cfg = compose(
         [
             f"dataset={task}",
@@ -38,7 +38,8 @@ def test_sft_raises_gold_reward_of_samples(tmp_path, task):
     test_rows = load_builtin(cfg.dataset, "sft", "test", int(cfg.seed))
     before, _ = evaluate(cfg, registry, untrained, tok, SFT, test_rows)
 
-    after = train(cfg).metrics
+    # sentiment's run is exactly experiment=quickstart, which the preference proofs share
+    after = request.getfixturevalue("sentiment_sft").metrics if task == "sentiment" else train(cfg).metrics
     gain = after["eval/gold_reward_sampled"] - before["eval/gold_reward_sampled"]
     print(task, "before", before, "after", {k: v for k, v in after.items() if k.startswith("eval/")})
     assert gain >= MIN_GAIN[task], (before, after)

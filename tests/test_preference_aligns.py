@@ -18,10 +18,9 @@ from alignx.train import train
 COMMON = ["dataset=sentiment", "tracking=none", "trainer.enable_progress_bar=false"]
 
 
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sft")
-    return train(compose([*COMMON, "experiment=quickstart", f"output_dir={root}", f"outputs_root={root}"]))
+@pytest.fixture
+def sft(sentiment_sft):
+    return sentiment_sft  # experiment=quickstart, trained once per session (conftest)
 
 
 def _from_sft(sft, tmp_path, *overrides):
@@ -60,7 +59,7 @@ def test_sft_then_kto_from_unpaired_rows_raises_gold_reward(sft, tmp_path):
 
 @pytest.mark.slow
 def test_reward_model_with_10pct_label_noise_ranks_clean_held_out_pairs_well_above_chance(tmp_path):
-    job = train(compose([*COMMON, "objective=rm", "dataset.label_noise=0.1", "trainer.max_steps=150", "optim.lr=1e-3",
+    job = train(compose([*COMMON, "objective=rm", "dataset.label_noise=0.1", "trainer.max_steps=150", "data.batch_size=16", "optim.lr=1e-3",
                          f"output_dir={tmp_path / 'rm'}", f"outputs_root={tmp_path}"]))
     # held-out: test-split prompts (disjoint from training), labels straight from the gold reward
     pairs = BUILTIN_TASKS["sentiment"]().rows("pairs", "test", 128, seed=1, label_noise=0.0)
