@@ -26,6 +26,11 @@ def register(registry: Registry) -> None:
         registry.register("reward", name, task().gold_reward)
     for name, loader in SOURCES.items():
         registry.register("dataset", name, loader)
+    from alignx.rewards.combine import reward_factory
+    from alignx.rewards.model import RewardModelScorer
+
+    # a trained reward model: a factory, configured with its path (reward=rm reward.path=...)
+    registry.register("reward", "rm", reward_factory(RewardModelScorer))
     registry.register("model", "llama", build_llama)
     registry.register("model", "hf", build_hf)
     registry.register("adapter", "none", no_adapter)

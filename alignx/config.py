@@ -99,7 +99,7 @@ class EvalSchema:
 TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop", "error")
 TOP_LEVEL = {
     "objective", "model", "adapter", "dataset", "optim", "scheduler", "trainer", "tracking", "eval",
-    "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric",
+    "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric", "reward",
 }
 #: trainer keys alignx handles itself rather than passing to lightning.Trainer
 TRAINER_EXTRA_KEYS = {"_target_"}

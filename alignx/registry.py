@@ -42,7 +42,8 @@ KINDS: dict[str, str] = {
     "dataset": "dataset source loader: (cfg, kind, split, seed) -> list[dict]",
     "model": "model builder: (cfg, tokenizer_or_None) -> (model, tokenizer)",
     "adapter": "adapter: (model, cfg) -> model",
-    "reward": "reward function: (prompts, completions) -> list[float]",
+    "reward": "reward function: (prompts, completions) -> list[float], or a factory marked with "
+    "alignx.rewards.combine.reward_factory that takes config options and returns one",
     "format": "row format: (raw row: dict, dataset cfg) -> dict in a canonical schema (applied before validation)",
 }
 

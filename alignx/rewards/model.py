@@ -18,12 +18,16 @@ class RewardModelScorer:
     """
 
     def __init__(
-        self, path: str | Path, *, device: str | torch.device | None = None, batch_size: int = 32, max_length: int | None = None
+        self, path: str | Path | None, *, device: str | torch.device | None = None, batch_size: int = 32, max_length: int | None = None
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from alignx.errors import ModelLoadError
 
+        if path is None or not str(path):
+            from alignx.errors import ConfigError
+
+            raise ConfigError("reward=rm needs reward.path=<directory of a saved objective=rm model>")
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"reward model directory '{path}' has no config.json (expected a saved objective=rm model)")
