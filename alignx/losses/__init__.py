@@ -1,5 +1,14 @@
 """Loss functions: pure, typed, tested against hand-computed values."""
 
+from alignx.losses.policy_gradient import (
+    GRPO_NORMALIZATIONS,
+    clipped_policy_loss,
+    clipped_surrogate,
+    clipped_value_loss,
+    group_advantages,
+    grpo_token_loss,
+    rloo_advantages,
+)
 from alignx.losses.preference import (
     DPO_LOSS_TYPES,
     completion_logits_mean,
@@ -17,15 +26,22 @@ from alignx.losses.sft import sft_loss
 
 __all__ = [
     "DPO_LOSS_TYPES",
+    "GRPO_NORMALIZATIONS",
     "bradley_terry_loss",
+    "clipped_policy_loss",
+    "clipped_surrogate",
+    "clipped_value_loss",
     "completion_logits_mean",
     "dpo_loss",
+    "group_advantages",
+    "grpo_token_loss",
     "kto_loss",
     "kto_reference_point",
     "kwise_ranking_loss",
     "log_odds",
     "orpo_loss",
     "preference_metrics",
+    "rloo_advantages",
     "sequence_logps",
     "sft_loss",
     "simpo_loss",

@@ -1,0 +1,180 @@
+"""Policy-gradient losses for online RL: PPO clipped policy/value losses, GRPO/RLOO advantages.
+
+Pure functions (tensors in, tensors out); see REFERENCE.md ("PPO for language models",
+"Critic-free online RL"). Per-token tensors are ``[B, T]`` response positions with a ``mask``
+(bool or 0/1) of the valid tokens; every reduction is masked, and inputs at padded positions
+are zeroed before use, so ``inf``/``NaN`` padding reaches neither the loss nor the gradients. ``old_*`` tensors, advantages and
+returns are detached here, so gradients flow only through ``logp`` and ``values``. Statistics are
+detached 0-dim tensors. Shape mismatches raise ``ValueError`` naming the shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignx.ops.logprobs import masked_mean
+from alignx.ops.rl import check_same_shape, zero_masked
+
+GRPO_NORMALIZATIONS: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo")
+GROUP_SCALES: tuple[str, ...] = ("std", "none")
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO clipped surrogate loss, unreduced (for custom normalisation, e.g. GRPO).
+
+    ``ρ = exp(logp - old_logp)``; per token ``max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε))``. ``advantages`` is
+    [B, T], or [B] (one advantage per sequence, broadcast over its tokens, as in GRPO/RLOO).
+    Returns ``(per_token_loss [B, T], clipped [B, T] bool)`` where ``clipped`` marks tokens whose
+    clipped term is the active one (strictly larger loss; those tokens get no gradient).
+    """
+    check_same_shape(logp=logp, old_logp=old_logp)
+    if advantages.shape != logp.shape:
+        if logp.dim() != 2 or advantages.shape != logp.shape[:1]:
+            raise ValueError(
+                f"advantages must be [B, T] or [B]; got advantages {tuple(advantages.shape)}, logp {tuple(logp.shape)}"
+            )
+        advantages = advantages.unsqueeze(-1)
+    adv = advantages.detach()
+    ratio = torch.exp(logp - old_logp.detach())
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped policy loss: the masked token mean of :func:`clipped_surrogate`.
+
+    Returns ``(loss, stats)`` with stats ``clipfrac`` (fraction of valid tokens where the clipped
+    term is active, i.e. the unclipped surrogate objective ``A·ρ`` was the larger one), ``approxkl``
+    (``0.5 · mean (logp - old_logp)²``) and ``ratio`` (mean ρ), over valid tokens.
+    """
+    check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+    logp, old_logp = zero_masked(logp, mask), zero_masked(old_logp, mask)
+    if advantages.shape == mask.shape:
+        advantages = zero_masked(advantages, mask)
+    per_token, clipped = clipped_surrogate(logp, old_logp, advantages, clip_range)
+    loss = masked_mean(zero_masked(per_token, mask), mask)
+    with torch.no_grad():
+        log_ratio = logp.detach() - old_logp.detach()
+        stats = {
+            "clipfrac": masked_mean(clipped.to(per_token.dtype), mask),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+            "ratio": masked_mean(torch.exp(log_ratio), mask),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped value loss ``0.5 · max((V - R)², (clip(V, V_old ± ε) - R)²)``, masked token mean.
+
+    Returns ``(loss, stats)`` with ``clipfrac``: the fraction of valid tokens where the clipped
+    error is the larger one (such tokens get no gradient).
+    """
+    check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    values = zero_masked(values, mask)
+    old = zero_masked(old_values.detach(), mask)
+    target = zero_masked(returns.detach(), mask)
+    v_clipped = old + torch.clamp(values - old, -clip_range, clip_range)
+    err_unclipped = (values - target) ** 2
+    err_clipped = (v_clipped - target) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((err_clipped > err_unclipped).to(values.dtype), mask)
+    return loss, {"clipfrac": clipfrac}
+
+
+def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be [B], got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (advantages compare samples of one prompt), got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"batch of {rewards.numel()} rewards is not a whole number of groups of {group_size}")
+    return rewards.view(-1, group_size)
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    scale: str = "std",
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantages ``(r - mean_group) / (std_group + eps)`` (``scale="none"``: ``r - mean_group``).
+
+    ``rewards`` [B] hold ``B / G`` groups of ``G = group_size`` completions of one prompt each,
+    stored contiguously (rows ``g·G … g·G + G - 1``). ``std_group`` is the **unbiased** standard
+    deviation (``torch.std``'s default, as TRL). A group whose rewards are all equal gets
+    advantage 0 (std 0, no NaN). Returns ``(advantages [B], std [B / G])``; the per-group std lets a
+    caller log ``reward_std`` and ``frac_reward_zero_std``. Not detached (rewards rarely need grad).
+    """
+    if scale not in GROUP_SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; valid scales: {', '.join(GROUP_SCALES)}")
+    grouped = _grouped(rewards, group_size)
+    mean = grouped.mean(-1, keepdim=True)
+    std = grouped.std(-1)
+    centred = grouped - mean
+    if scale == "std":
+        centred = centred / (std.unsqueeze(-1) + eps)
+    return centred.reshape(-1), std
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO advantages: ``r_i`` minus the mean of the other ``G - 1`` rewards of its group, [B].
+
+    Same grouping as :func:`group_advantages`; ``G < 2`` raises ``ValueError`` (no other sample).
+    Equals ``G / (G - 1) · (r_i - mean_group)``; each group's advantages sum to 0.
+    """
+    grouped = _grouped(rewards, group_size)
+    others = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
+def grpo_token_loss(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    normalization: str = "grpo",
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss [B, T] to a scalar with one of the GRPO-family normalisations.
+
+    - ``"grpo"``: masked mean within each sequence, then mean over sequences (short and long
+      completions weigh the same per sequence; an empty row counts as 0).
+    - ``"bnpo"``: masked sum over the batch / number of valid tokens in the batch (every token
+      weighs the same; DAPO's token-level loss, whose count the caller may gather across ranks).
+    - ``"dr_grpo"``: masked sum / ``(B · max_len)``, ``max_len`` defaulting to the padded width T
+      (Dr. GRPO: no length bias; pass the generation limit to make it constant across batches).
+    """
+    check_same_shape(per_token_loss=per_token_loss, mask=mask)
+    if normalization not in GRPO_NORMALIZATIONS:
+        raise ValueError(
+            f"unknown loss normalization {normalization!r}; valid normalizations: {', '.join(GRPO_NORMALIZATIONS)}"
+        )
+    if per_token_loss.dim() != 2:
+        raise ValueError(f"per_token_loss must be [B, T], got shape {tuple(per_token_loss.shape)}")
+    m = mask.to(per_token_loss.dtype)
+    summed = zero_masked(per_token_loss, mask)
+    if normalization == "grpo":
+        return (summed.sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    if normalization == "bnpo":
+        return summed.sum() / m.sum().clamp(min=1)
+    width = per_token_loss.size(1) if max_len is None else max_len
+    if width <= 0:
+        raise ValueError(f"max_len must be > 0, got {width}")
+    return summed.sum() / (per_token_loss.size(0) * width)

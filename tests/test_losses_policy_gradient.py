@@ -1,0 +1,255 @@
+"""Policy-gradient losses (alignx.losses.policy_gradient) against hand-computed tensors.
+
+Expected values are literals (or math-module expressions of literals) with the arithmetic in a
+comment; none is produced by the code under test or a re-implementation of it.
+"""
+
+import math
+
+import pytest
+import torch
+
+from alignx.losses.policy_gradient import (
+    clipped_policy_loss,
+    clipped_surrogate,
+    clipped_value_loss,
+    group_advantages,
+    grpo_token_loss,
+    rloo_advantages,
+)
+
+
+def t(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def approx(x: torch.Tensor, expected, rel: float = 1e-9, abs: float = 1e-12):
+    """Element-wise comparison with a (possibly nested) list of expected numbers."""
+    want = torch.tensor(expected, dtype=torch.float64)
+    assert tuple(x.shape) == tuple(want.shape)
+    assert x.flatten().tolist() == pytest.approx(want.flatten().tolist(), rel=rel, abs=abs)
+
+
+# ---------------------------------------------------------------- clipped policy loss, ε = 0.2
+#
+# ratios ρ and advantages A per token (row 1, column 2 is padding):
+#   tok  ρ     A    -Aρ    -A·clip(ρ)   max    clipped active?
+#   a    1.5   1    -1.5   -1.2         -1.2   yes (A>0, ρ above 1+ε)
+#   b    0.5   1    -0.5   -0.8         -0.5   no  (A>0, ρ below: pessimistic term is unclipped)
+#   c    1.1  -2     2.2    2.2          2.2   no  (inside the clip range)
+#   d    0.5  -1     0.5    0.8          0.8   yes (A<0, ρ below 1-ε)
+#   e    1.5  -1     1.5    1.2          1.5   no  (A<0, ρ above: unclipped)
+# loss = (-1.2 - 0.5 + 2.2 + 0.8 + 1.5) / 5 = 2.8 / 5 = 0.56; clipfrac = 2/5; mean ρ = 5.1/5 = 1.02
+RHO = [[1.5, 0.5, 1.1], [0.5, 1.5, 3.0]]
+ADV = [[1.0, 1.0, -2.0], [-1.0, -1.0, 50.0]]
+PMASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+def _policy_inputs():
+    old = t([[-1.0, -2.0, -0.5], [-3.0, -1.0, -0.2]])
+    logp = (old + torch.log(t(RHO))).detach().requires_grad_(True)
+    old.requires_grad_(True)
+    adv = t(ADV).requires_grad_(True)
+    return logp, old, adv
+
+
+def test_clipped_policy_loss_hand_computed():
+    logp, old, adv = _policy_inputs()
+    loss, stats = clipped_policy_loss(logp, old, adv, PMASK, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.56, rel=1e-12)
+    assert stats["clipfrac"].item() == pytest.approx(0.4)
+    assert stats["ratio"].item() == pytest.approx(1.02, rel=1e-12)
+    # approxkl = 0.5 * mean(log ρ)² = 0.5 * (2 ln²1.5 + 2 ln²0.5 + ln²1.1) / 5 = 0.0652497...
+    kl = 0.5 * (2 * math.log(1.5) ** 2 + 2 * math.log(0.5) ** 2 + math.log(1.1) ** 2) / 5
+    assert stats["approxkl"].item() == pytest.approx(kl, rel=1e-12)
+    assert all(v.dim() == 0 and not v.requires_grad for v in stats.values())
+
+    loss.backward()
+    # d/dlogp of -Aρ/5 is -Aρ/5 on unclipped tokens, 0 on clipped or padded ones:
+    #   a: 0, b: -1 * 0.5 / 5 = -0.1, c: 2 * 1.1 / 5 = 0.44 | d: 0, e: 1 * 1.5 / 5 = 0.3, pad: 0
+    approx(logp.grad, [[0.0, -0.1, 0.44], [0.0, 0.3, 0.0]], rel=1e-12)
+    # no gradient into the rollout-time tensors
+    assert old.grad is None and adv.grad is None
+
+
+def test_clipped_policy_loss_no_clipping_at_ratio_one():
+    # logp == old: ρ = 1, loss = -mean(A) over valid tokens = -(1 + 1 - 2 - 1 - 1) / 5 = 0.4
+    old = t([[-1.0, -2.0, -0.5], [-3.0, -1.0, -0.2]])
+    loss, stats = clipped_policy_loss(old.clone(), old, t(ADV), PMASK)
+    assert loss.item() == pytest.approx(0.4)
+    assert stats["clipfrac"].item() == 0.0
+    assert stats["ratio"].item() == pytest.approx(1.0)
+    assert stats["approxkl"].item() == 0.0
+
+
+def test_clipped_policy_loss_sequence_advantages_broadcast():
+    # one advantage per row (GRPO): A = [1, -1]; tokens a, b, c see 1 and d, e see -1
+    #   a: max(-1.5, -1.2) = -1.2 (clipped), b: max(-0.5, -0.8) = -0.5, c: max(-1.1, -1.1) = -1.1
+    #   d: max(0.5, 0.8) = 0.8 (clipped),    e: max(1.5, 1.2) = 1.5
+    # mean = (-1.2 - 0.5 - 1.1 + 0.8 + 1.5) / 5 = -0.5 / 5 = -0.1
+    logp, old, _ = _policy_inputs()
+    loss, stats = clipped_policy_loss(logp, old, t([1.0, -1.0]), PMASK)
+    assert loss.item() == pytest.approx(-0.1, rel=1e-12)
+    assert stats["clipfrac"].item() == pytest.approx(0.4)
+    per_token, clipped = clipped_surrogate(logp, old, t([1.0, -1.0]))
+    approx(per_token[0], [-1.2, -0.5, -1.1], rel=1e-12)
+    assert clipped.tolist() == [[True, False, False], [True, False, False]]  # pad: ρ 3, A -1 -> 3 vs 1.2
+
+
+def test_clipped_policy_loss_shape_errors():
+    logp, old, _ = _policy_inputs()
+    with pytest.raises(ValueError, match=r"logp \(2, 3\), old_logp \(2, 2\)"):
+        clipped_policy_loss(logp, old[:, :2], t(ADV), PMASK)
+    with pytest.raises(ValueError, match=r"advantages \(3,\)"):
+        clipped_policy_loss(logp, old, t([1.0, 2.0, 3.0]), PMASK)
+    with pytest.raises(ValueError, match=r"mask \(2, 2\)"):
+        clipped_policy_loss(logp, old, t(ADV), PMASK[:, :2])
+
+
+# ---------------------------------------------------------------- clipped value loss, ε = 0.2
+#
+#   tok  V_old  V     R     clip(V)  (V-R)²  (clip-R)²  max    clipped active?
+#   a    1.0    1.5   2.0   1.2      0.25    0.64       0.64   yes
+#   b    1.0    1.5   1.0   1.2      0.25    0.04       0.25   no
+#   c    0.0    0.1   1.0   0.1      0.81    0.81       0.81   no (inside the range)
+#   d    0.0   -0.5   0.5  -0.2      1.00    0.49       1.00   no
+#   e    0.0   -0.5  -1.0  -0.2      0.25    0.64       0.64   yes
+# loss = 0.5 * (0.64 + 0.25 + 0.81 + 1.0 + 0.64) / 5 = 0.5 * 3.34 / 5 = 0.334; clipfrac 2/5
+
+
+def test_clipped_value_loss_hand_computed():
+    values = t([[1.5, 1.5, 0.1], [-0.5, -0.5, 9.0]]).requires_grad_(True)
+    old = t([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]).requires_grad_(True)
+    returns = t([[2.0, 1.0, 1.0], [0.5, -1.0, -9.0]]).requires_grad_(True)
+    loss, stats = clipped_value_loss(values, old, returns, PMASK, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.334, rel=1e-12)
+    assert stats["clipfrac"].item() == pytest.approx(0.4)
+    assert stats["clipfrac"].dim() == 0 and not stats["clipfrac"].requires_grad
+    loss.backward()
+    # d/dV of 0.5 (V-R)² / 5 = (V - R) / 5 on unclipped tokens: b 0.5/5, c -0.9/5, d -1/5; a, e, pad 0
+    approx(values.grad, [[0.0, 0.1, -0.18], [-0.2, 0.0, 0.0]], rel=1e-12)
+    assert old.grad is None and returns.grad is None
+
+
+def test_clipped_value_loss_unclipped_is_half_mse():
+    # V within ε of V_old everywhere: 0.5 * mean((V - R)²) = 0.5 * (1 + 4) / 2 = 1.25
+    v = t([[0.1, -0.1]])
+    loss, stats = clipped_value_loss(v, t([[0.0, 0.0]]), t([[1.1, 1.9]]), torch.ones(1, 2))
+    assert loss.item() == pytest.approx(1.25)
+    assert stats["clipfrac"].item() == 0.0
+    with pytest.raises(ValueError, match=r"returns \(1, 1\)"):
+        clipped_value_loss(v, t([[0.0, 0.0]]), t([[1.0]]), torch.ones(1, 2))
+
+
+def test_nan_padding_reaches_neither_loss_nor_gradient():
+    # padded slot (row 1, col 2) holds inf/NaN; every loss and gradient stays as in the clean cases
+    logp, old, adv = _policy_inputs()
+    with torch.no_grad():
+        logp[1, 2], old[1, 2], adv[1, 2] = math.inf, -math.inf, math.nan
+    loss, stats = clipped_policy_loss(logp, old, adv, PMASK)
+    assert loss.item() == pytest.approx(0.56, rel=1e-12) and stats["ratio"].item() == pytest.approx(1.02)
+    loss.backward()
+    approx(logp.grad, [[0.0, -0.1, 0.44], [0.0, 0.3, 0.0]], rel=1e-12)
+    values = t([[1.5, 1.5, 0.1], [-0.5, -0.5, math.nan]]).requires_grad_(True)
+    old_v = t([[1.0, 1.0, 0.0], [0.0, 0.0, math.inf]])
+    loss, _ = clipped_value_loss(values, old_v, t([[2.0, 1.0, 1.0], [0.5, -1.0, math.nan]]), PMASK)
+    assert loss.item() == pytest.approx(0.334, rel=1e-12)
+    loss.backward()
+    assert torch.isfinite(values.grad).all()
+    assert grpo_token_loss(t([[1.0, 2.0, 3.0], [4.0, math.nan, math.inf]]), LMASK, "bnpo").item() == 2.5
+
+
+# ---------------------------------------------------------------- GRPO group advantages, G = 4
+
+
+def test_group_advantages_g4_with_zero_std_group():
+    # group 0: 0, 0, 0, 4 -> mean 1, deviations -1, -1, -1, 3, Σdev² = 12,
+    #          unbiased std sqrt(12 / 3) = 2 (the biased one would be sqrt(3))
+    # group 1: 5, 5, 5, 5 -> std 0 -> advantages 0 / (0 + 1e-4) = 0, no NaN
+    rewards = t([0.0, 0.0, 0.0, 4.0, 5.0, 5.0, 5.0, 5.0])
+    adv, std = group_advantages(rewards, group_size=4)
+    d = 2.0 + 1e-4
+    approx(adv, [-1 / d, -1 / d, -1 / d, 3 / d, 0.0, 0.0, 0.0, 0.0], rel=1e-12)
+    approx(std, [2.0, 0.0])
+    assert not torch.isnan(adv).any()
+    assert (std == 0).float().mean().item() == 0.5  # frac_reward_zero_std
+    # scale="none": only centred
+    adv, _ = group_advantages(rewards, group_size=4, scale="none")
+    approx(adv, [-1.0, -1.0, -1.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_group_advantages_g2_and_eps():
+    # [1, 3]: mean 2, unbiased std sqrt((1 + 1) / 1) = sqrt 2; eps 0.5 -> ±1 / (1.4142135623730951 + 0.5)
+    adv, std = group_advantages(t([1.0, 3.0]), group_size=2, eps=0.5)
+    d = math.sqrt(2) + 0.5
+    approx(adv, [-1 / d, 1 / d], rel=1e-12)
+    approx(std, [math.sqrt(2)], rel=1e-12)
+
+
+def test_group_advantages_validation():
+    with pytest.raises(ValueError, match="std, none"):
+        group_advantages(t([1.0, 2.0]), 2, scale="mad")
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_advantages(t([1.0, 2.0, 3.0]), 4)
+    with pytest.raises(ValueError, match=">= 2"):
+        group_advantages(t([1.0, 2.0]), 1)
+    with pytest.raises(ValueError, match=r"\[B\]"):
+        group_advantages(t([[1.0, 2.0]]), 2)
+
+
+# ---------------------------------------------------------------- RLOO
+
+
+def test_rloo_advantages_literals():
+    # group 0 [1, 2, 6]: 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5
+    # group 1 [0, 0, 3]: 0 - 1.5 = -1.5, 0 - 1.5 = -1.5, 3 - 0 = 3
+    adv = rloo_advantages(t([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), group_size=3)
+    approx(adv, [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
+    # G = 2: r_i - r_other
+    approx(rloo_advantages(t([1.0, 4.0]), 2), [-3.0, 3.0])
+
+
+def test_rloo_rejects_small_groups_and_ragged_batches():
+    with pytest.raises(ValueError, match=">= 2"):
+        rloo_advantages(t([1.0, 2.0]), 1)
+    with pytest.raises(ValueError, match="groups of 2"):
+        rloo_advantages(t([1.0, 2.0, 3.0]), 2)
+
+
+# ---------------------------------------------------------------- GRPO loss normalisations (2 x 3)
+
+LOSS = t([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+LMASK = torch.tensor([[1, 1, 1], [1, 0, 0]])  # row 1 has one valid token; its 5 and 6 are padding
+
+
+@pytest.mark.parametrize(
+    ("normalization", "max_len", "expected"),
+    [
+        ("grpo", None, 3.0),  # row means (1+2+3)/3 = 2 and 4/1 = 4 -> (2 + 4) / 2
+        ("bnpo", None, 2.5),  # (1+2+3+4) / 4 valid tokens
+        ("dr_grpo", None, 10.0 / 6.0),  # 10 / (B=2 · T=3)
+        ("dr_grpo", 5, 1.0),  # 10 / (2 · 5)
+    ],
+)
+def test_grpo_token_loss_normalisations(normalization, max_len, expected):
+    got = grpo_token_loss(LOSS, LMASK, normalization, max_len=max_len)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_grpo_token_loss_gradient_weights():
+    # d/dl_ij is the token's weight: grpo 1/(B·n_i) -> 1/6 on row 0, 1/2 on row 1's token;
+    # bnpo 1/4 everywhere valid; padding gets 0
+    x = LOSS.clone().requires_grad_(True)
+    grpo_token_loss(x, LMASK, "grpo").backward()
+    approx(x.grad, [[1 / 6, 1 / 6, 1 / 6], [0.5, 0.0, 0.0]])
+    x.grad = None
+    grpo_token_loss(x, LMASK, "bnpo").backward()
+    approx(x.grad, [[0.25, 0.25, 0.25], [0.25, 0.0, 0.0]])
+
+
+def test_grpo_token_loss_validation():
+    with pytest.raises(ValueError, match="grpo, bnpo, dr_grpo"):
+        grpo_token_loss(LOSS, LMASK, "dapo_v2")
+    with pytest.raises(ValueError, match=r"per_token_loss \(2, 3\), mask \(2, 2\)"):
+        grpo_token_loss(LOSS, LMASK[:, :2])
