@@ -144,3 +144,20 @@ def sentiment_sft(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("sentiment_sft")
     return train(compose(["experiment=quickstart", "tracking=none", "trainer.enable_progress_bar=false",
                           f"output_dir={root}", f"outputs_root={root}"]))
+
+
+# -- exact tensor checks for the pure-function tests ---------------------------------------------
+def t(rows):
+    """A float64 tensor from (nested) lists, for hand-computed test cases."""
+    import torch
+
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def approx(x, expected, rel: float = 1e-9, abs: float = 1e-12) -> None:
+    """Element-wise comparison of tensor ``x`` with a (possibly nested) list of expected numbers."""
+    import torch
+
+    want = torch.tensor(expected, dtype=torch.float64)
+    assert tuple(x.shape) == tuple(want.shape)
+    assert x.flatten().tolist() == pytest.approx(want.flatten().tolist(), rel=rel, abs=abs)

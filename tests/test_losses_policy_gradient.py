@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import approx, t
 
 from alignx.losses.policy_gradient import (
     clipped_policy_loss,
@@ -17,18 +18,6 @@ from alignx.losses.policy_gradient import (
     grpo_token_loss,
     rloo_advantages,
 )
-
-
-def t(rows) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def approx(x: torch.Tensor, expected, rel: float = 1e-9, abs: float = 1e-12):
-    """Element-wise comparison with a (possibly nested) list of expected numbers."""
-    want = torch.tensor(expected, dtype=torch.float64)
-    assert tuple(x.shape) == tuple(want.shape)
-    assert x.flatten().tolist() == pytest.approx(want.flatten().tolist(), rel=rel, abs=abs)
-
 
 # ---------------------------------------------------------------- clipped policy loss, ε = 0.2
 #

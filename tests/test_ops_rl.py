@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import approx, t
 
 from alignx.ops.rl import (
     AdaptiveKLController,
@@ -21,18 +22,6 @@ from alignx.ops.rl import (
     per_token_rewards,
     truncate_after_eos,
 )
-
-
-def t(rows) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def approx(x: torch.Tensor, expected, rel: float = 1e-9, abs: float = 1e-12):
-    """Element-wise comparison with a (possibly nested) list of expected numbers."""
-    want = torch.tensor(expected, dtype=torch.float64)
-    assert tuple(x.shape) == tuple(want.shape)
-    assert x.flatten().tolist() == pytest.approx(want.flatten().tolist(), rel=rel, abs=abs)
-
 
 # ---------------------------------------------------------------- masked_var / masked_whiten
 
