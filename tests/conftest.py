@@ -161,3 +161,22 @@ def approx(x, expected, rel: float = 1e-9, abs: float = 1e-12) -> None:
     want = torch.tensor(expected, dtype=torch.float64)
     assert tuple(x.shape) == tuple(want.shape)
     assert x.flatten().tolist() == pytest.approx(want.flatten().tolist(), rel=rel, abs=abs)
+
+
+# -- dataset files written by tests -----------------------------------------------------------------
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write ``rows`` as JSON lines (a str row is written verbatim, e.g. a deliberately broken line)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path

@@ -8,16 +8,25 @@ import json
 import logging
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import write_jsonl, write_parquet
 from omegaconf import OmegaConf
 
 from alignx.config import compose, validate
-from alignx.data.formats import CANONICAL_COLUMNS, collect_invalid_rows, reject_row, validate_rows
+from alignx.data.formats import (
+    CANONICAL_COLUMNS,
+    collect_invalid_rows,
+    reject_row,
+    validate_rows,
+)
 from alignx.data.presets import FORMATS, parse_hh_transcript
 from alignx.data.sources import SplitRows, load_builtin, load_hub, load_jsonl
-from alignx.data.tokenize import RowTooLongError, encode_rows, encode_sft_row, fit_to_length
+from alignx.data.tokenize import (
+    RowTooLongError,
+    encode_rows,
+    encode_sft_row,
+    fit_to_length,
+)
 from alignx.errors import ConfigError, DataError
 from alignx.registry import KINDS, load_plugins
 
@@ -28,18 +37,6 @@ def user(text: str) -> dict:
 
 def bot(text: str) -> dict:
     return {"role": "assistant", "content": text}
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def write_parquet(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def one(row: dict, kind: str) -> dict:

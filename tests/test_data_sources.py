@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import write_jsonl, write_parquet
 from omegaconf import OmegaConf
 
 from alignx.data.formats import validate_rows
 from alignx.data.sources import SOURCES, load_hub, load_jsonl, load_parquet
 from alignx.errors import DataError
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def write_parquet(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def qa(n: int, start: int = 0) -> list[dict]:
