@@ -11,7 +11,9 @@ def register(registry: Registry) -> None:
     from alignx.models.adapters import lora, no_adapter
     from alignx.models.loading import build_hf, build_llama
     from alignx.objectives.dpo import DPO
+    from alignx.objectives.grpo import GRPO, RLOO
     from alignx.objectives.kto import KTO
+    from alignx.objectives.ppo import PPO
     from alignx.objectives.rm import RewardModel
     from alignx.objectives.sft import SFT
     from alignx.tasks import BUILTIN_TASKS
@@ -20,6 +22,8 @@ def register(registry: Registry) -> None:
     registry.register("objective", DPO.name, DPO)
     registry.register("objective", KTO.name, KTO)
     registry.register("objective", RewardModel.name, RewardModel)
+    for online in (PPO, GRPO, RLOO):
+        registry.register("objective", online.name, online)
     for name, task in BUILTIN_TASKS.items():
         registry.register("task", name, task)
         # each task's gold reward is also a reward function under the task's name

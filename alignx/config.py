@@ -96,10 +96,15 @@ class EvalSchema:
     reward_model: Optional[str] = None
 
 
+@dataclass
+class CheckpointSchema:
+    every_n_steps: Optional[int] = None
+
+
 TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop", "error")
 TOP_LEVEL = {
     "objective", "model", "adapter", "dataset", "optim", "scheduler", "trainer", "tracking", "eval",
-    "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric", "reward",
+    "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric", "reward", "checkpoint", "resume",
 }
 #: trainer keys alignx handles itself rather than passing to lightning.Trainer
 TRAINER_EXTRA_KEYS = {"_target_"}
@@ -125,7 +130,7 @@ def _trainer_keys() -> set[str]:
 def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
     """Fail fast, before any work, on a mistyped key or a bad value, listing what is valid."""
     _unknown(cfg.keys(), TOP_LEVEL | set(extra_top_level), "")
-    for section, schema in (("data", DataSchema), ("save", SaveSchema), ("eval", EvalSchema)):
+    for section, schema in (("data", DataSchema), ("save", SaveSchema), ("eval", EvalSchema), ("checkpoint", CheckpointSchema)):
         if section in cfg:
             _unknown(cfg[section].keys(), [f.name for f in fields(schema)], f"{section}.")
             try:

@@ -216,13 +216,36 @@ def sweep_job(overrides: Sequence[str]) -> tuple[str | None, str | None, dict[st
     return record.get("parent_run_id"), name, {"alignx.job_num": str(hc.job.num)}
 
 
-def build_trainer(cfg: DictConfig, tracker: Any, output_dir: Path, callbacks: Sequence[Any] = ()) -> Any:
+def build_trainer(
+    cfg: DictConfig, tracker: Any, output_dir: Path, callbacks: Sequence[Any] = (), *, manual_optimization: bool = False
+) -> Any:
+    """The Lightning Trainer of a job: config's trainer args, the tracker as logger, progress bar and checkpoints.
+
+    Objectives that optimise manually (online RL) clip gradients themselves, so
+    ``trainer.gradient_clip_val`` is read by the objective rather than passed to Lightning.
+    """
     import lightning as L
 
     from alignx.tracking import TrackerLogger
 
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if manual_optimization:
+        targs.pop("gradient_clip_val", None)
+        targs.pop("accumulate_grad_batches", None)
     callbacks = list(callbacks)
+    every = (cfg.get("checkpoint") or {}).get("every_n_steps")
+    if every:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(output_dir / "checkpoints"),
+            filename="step-{step:06d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=int(every),
+            save_top_k=-1,
+            save_last=True,
+            enable_version_counter=False,
+        ))
     if targs.get("enable_progress_bar", True):
         from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
@@ -235,10 +258,41 @@ def build_trainer(cfg: DictConfig, tracker: Any, output_dir: Path, callbacks: Se
         logger=TrackerLogger(tracker),
         callbacks=callbacks,
         default_root_dir=str(output_dir),
-        enable_checkpointing=False,
+        enable_checkpointing=bool(every),
         use_distributed_sampler=False,  # BucketBatchSampler shards by rank itself
         enable_model_summary=False,
     )
+
+
+def resolve_resume(cfg: DictConfig) -> Path | None:
+    """The checkpoint file ``resume`` names: a ``.ckpt`` file, or a job's output dir (its ``checkpoints/last.ckpt``)."""
+    value = cfg.get("resume")
+    if not value:
+        return None
+    path = Path(str(value)).expanduser().resolve()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(
+            f"resume={value}: no checkpoint at '{path}' (expected a .ckpt file or an output dir with checkpoints/last.ckpt; "
+            "a job writes them when checkpoint.every_n_steps is set)"
+        )
+    return path
+
+
+def load_auxiliary_rows(cfg: DictConfig, registry: Registry, kinds: Mapping[str, str]) -> dict[str, list[dict]]:
+    """Training rows an objective needs besides its own kind (e.g. PPO-ptx's demonstrations), by name."""
+    if not kinds:
+        return {}
+    from alignx.data.formats import collect_invalid_rows
+
+    loader = registry.get("dataset", str(cfg.dataset.source))
+    out = {}
+    with collect_invalid_rows(str(cfg.data.get("invalid_rows", "error"))) as invalid:
+        invalid.split = "train"
+        for name, kind in kinds.items():
+            out[name] = list(loader(cfg.dataset, kind, "train", int(cfg.seed)))
+    return out
 
 
 def total_optimizer_steps(cfg: DictConfig, n_batches: int) -> int:
@@ -368,6 +422,9 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     registry = load_plugins()
     validate(cfg)
     objective_cls = registry.get("objective", str(cfg.objective.name))
+    if hasattr(objective_cls, "check_config"):
+        objective_cls.check_config(cfg)
+    resume_from = resolve_resume(cfg)
     for group in ("model", "adapter"):
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
@@ -382,6 +439,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     # has no sft rows, and its chosen completions serve as the reference completions.
     test_kind = ("sft" if str(cfg.dataset.source) == "builtin" else kind) if generates else None
     rows = load_rows(cfg, registry, kind, test_kind)
+    aux_rows = load_auxiliary_rows(cfg, registry, objective_cls.auxiliary_kinds(cfg.objective))
     output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, base_dir = build_policy(cfg, registry, output_dir, objective_cls)
     cache_dir = outputs_root / "cache" / "tokenized" if cfg.data.cache else None
@@ -389,6 +447,9 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     val_items, val_stats, val_hit = encode_split(objective_cls, rows["val"], tokenizer, cfg.data, cache_dir, "val")
     train_items = objective_cls.prepare_items(train_items, cfg.objective, int(cfg.seed))
     val_items = objective_cls.prepare_items(val_items, cfg.objective, int(cfg.seed))
+    from alignx.objectives.sft import SFT
+
+    aux_items = {name: encode_split(SFT, r, tokenizer, cfg.data, cache_dir, name)[0] for name, r in aux_rows.items()}
     if not train_items:
         raise DataError(
             f"every training row was dropped by data.truncation={cfg.data.truncation} at data.max_length={cfg.data.max_length}",
@@ -404,6 +465,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
     rank_zero = _is_rank_zero()
     if rank_zero:
         parent_run_id, job_name, job_tags = sweep_job(overrides)
+        if resume_from:
+            job_tags = {**job_tags, "alignx.resumed_from": str(resume_from)}
         tracker = start_tracking(
             cfg, outputs_root, overrides, run_name=job_name, extra_tags=job_tags, parent_run_id=parent_run_id
         )
@@ -432,18 +495,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
         tracker.log_metrics(data_metrics, step=0)
         job.metrics.update(data_metrics)
 
-        from alignx.data.module import AlignDataModule
-
-        datamodule = AlignDataModule(
-            train_items,
-            val_items,
-            objective_cls.collate_fn(tokenizer),
-            batch_size=int(cfg.data.batch_size),
-            eval_batch_size=int(cfg.data.eval_batch_size),
-            bucketing=bool(cfg.data.length_bucketing),
-            seed=int(cfg.seed),
-            num_workers=int(cfg.data.num_workers),
-        )
+        datamodule = objective_cls.datamodule(train_items, val_items, tokenizer, cfg)
         from hydra.utils import instantiate
 
         n_batches = math.ceil(len(train_items) / int(cfg.data.batch_size))
@@ -455,6 +507,9 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             total_steps=total_optimizer_steps(cfg, n_batches),
         )
+        from alignx.objectives.base import JobContext
+
+        objective.attach(JobContext(cfg, registry, train_items, val_items, output_dir, auxiliary=aux_items))
         callbacks = []
         if getattr(objective, "precompute_ref", False):
             from alignx.models.reference import PrecomputeReferenceLogps
@@ -464,9 +519,10 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
                 int(cfg.data.eval_batch_size),
                 progress=bool(cfg.trainer.get("enable_progress_bar", True)),
             ))
-        trainer = build_trainer(cfg, tracker, output_dir, callbacks)
-        trainer.fit(objective, datamodule=datamodule)
+        trainer = build_trainer(cfg, tracker, output_dir, callbacks, manual_optimization=not objective.automatic_optimization)
+        trainer.fit(objective, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         job.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        job.metrics.update(getattr(objective, "step_metrics", {}) or {})
         final = dict(getattr(objective, "final_metrics", {}) or {})
         for cb in callbacks:
             final.update({f"data/{split}/ref_logps_cache_hit": float(hit) for split, hit in getattr(cb, "hits", {}).items()})

@@ -55,3 +55,42 @@ def add_reward_head(model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
         raise RuntimeError(f"reward head conversion left parameters unmaterialised: {leftover[:5]}")
     reward_model.train(model.training)
     return reward_model
+
+
+def _head_name(model: torch.nn.Module) -> str:
+    """Name of the scalar head of a (possibly peft-wrapped) sequence classifier: its one non-backbone child."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = [n for n, _ in base.named_children() if n != base.base_model_prefix]
+    if len(names) != 1:
+        raise ValueError(f"cannot tell the scalar head of {type(base).__name__} apart (children besides the backbone: {names})")
+    return names[0]
+
+
+def token_values(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The scalar head's output at **every** position [B, T] (a value model's V(s_t)).
+
+    A sequence classifier applies its head to every hidden state and then keeps the last
+    non-pad one; a forward hook on the head keeps them all, so the same code serves plain and
+    peft-wrapped models of any architecture.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, _head_name(model))
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        kwargs = {} if position_ids is None else {"position_ids": position_ids}
+        model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    finally:
+        handle.remove()
+    return captured[-1].squeeze(-1)
+
+
+def zero_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Set the scalar head's weights to 0 (a value head that starts by predicting 0 everywhere)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.no_grad():
+        for p in getattr(base, _head_name(model)).parameters():
+            p.zero_()
+    return model

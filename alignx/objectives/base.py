@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -63,6 +64,12 @@ class Objective(L.LightningModule):
         return model
 
     @classmethod
+    def auxiliary_kinds(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        """Extra training rows the objective needs besides :meth:`row_kind`: {name: row kind}
+        (e.g. PPO-ptx's demonstrations). They reach :meth:`attach`, encoded as SFT items."""
+        return {}
+
+    @classmethod
     def prepare_items(cls, items: list[dict], cfg: Mapping[str, Any], seed: int) -> list[dict]:
         """A hook over all encoded items of a split, after per-row encoding (default: unchanged)."""
         return items
@@ -82,6 +89,30 @@ class Objective(L.LightningModule):
     @classmethod
     def collate_fn(cls, tokenizer: Any) -> Callable[[Sequence[dict]], dict]:
         return partial(collate_sft, pad_id=tokenizer.pad_token_id)
+
+    @classmethod
+    def datamodule(cls, train_items: list[dict], val_items: list[dict], tokenizer: Any, cfg: Any) -> L.LightningDataModule:
+        """The data module the trainer iterates (default: length-bucketed batches of encoded items)."""
+        from alignx.data.module import AlignDataModule
+
+        return AlignDataModule(
+            train_items,
+            val_items,
+            cls.collate_fn(tokenizer),
+            batch_size=int(cfg.data.batch_size),
+            eval_batch_size=int(cfg.data.eval_batch_size),
+            bucketing=bool(cfg.data.length_bucketing),
+            seed=int(cfg.seed),
+            num_workers=int(cfg.data.num_workers),
+        )
+
+    def attach(self, job: "JobContext") -> None:
+        """Called by ``train`` before fitting with what the job knows beyond the objective's node
+        (full config, registry, encoded items, output dir). Default: nothing."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimizer updates (default: the policy's trainable ones)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     # -- training ------------------------------------------------------------------------
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -104,12 +135,24 @@ class Objective(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = _call_accepted(self.scheduler_factory, optimizer, num_training_steps=self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@dataclass
+class JobContext:
+    """What :meth:`Objective.attach` receives: the job's config and data beyond the objective node."""
+
+    cfg: Any
+    registry: Any
+    train_items: list[dict]
+    val_items: list[dict]
+    output_dir: Any = None
+    #: extra encoded rows an objective asked for (see :meth:`Objective.auxiliary_kinds`)
+    auxiliary: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def _call_accepted(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,447 @@
+"""Online RL: the policy samples completions, a reward scores them, a policy-gradient loss learns.
+
+:class:`OnlineObjective` is the shared loop of PPO, GRPO and RLOO; one Lightning training step is
+one *iteration*:
+
+1. take ``data.batch_size`` prompts (a seeded permutation per epoch, a function of the step) and
+   sample ``group_size`` completions each with :func:`alignx.generation.sample` (KV cache, seeded
+   per rank and step, cut after EOS);
+2. score them with the ``reward`` config group (a missing EOS can get a fixed penalty);
+3. with no gradient: log-probs of the sampled tokens under the policy and the reference (logits
+   divided by the sampling temperature), plus what the algorithm needs (PPO: values);
+4. the algorithm turns that into advantages (:meth:`compute_advantages`);
+5. ``epochs`` passes over the rollouts, reshuffled, in minibatches of ``mini_batch_size`` (one
+   optimizer step each) split into ``micro_batch_size`` forwards (gradient accumulation).
+
+Every source of randomness in an iteration (prompt order, sampling, minibatch shuffles) is a
+function of (seed, rank, step), so a run resumed from a checkpoint at step k continues exactly as
+the uninterrupted run did; the optimizer, LR schedule and KL-controller state travel in the
+checkpoint. Dropout is off throughout (the policy stays in eval mode; gradients still flow).
+
+A non-finite loss or non-finite next-token probabilities stop training with
+:class:`TrainingDiverged` *before* the bad update is applied, so the last checkpoint is good.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import lightning as L
+import torch
+
+from alignx.errors import AlignxError, ConfigError
+from alignx.generation import Rollout, decode_responses, left_pad, position_ids, rollout_seed, sample
+from alignx.objectives.base import JobContext, ReferenceObjective
+from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
+from alignx.ops.rl import entropy_from_logits, kl_estimate, zero_masked
+
+
+class TrainingDiverged(AlignxError):
+    """A loss or the policy's probabilities became NaN/inf; training stopped before applying it."""
+
+
+#: keys every online objective's config node may hold (subclasses add their own)
+ONLINE_KEYS = frozenset({
+    "name", "max_new_tokens", "temperature", "top_k", "top_p", "group_size", "epochs", "mini_batch_size",
+    "micro_batch_size", "generation_batch_size", "clip_range", "beta", "kl_estimator", "precompute_ref_logps",
+    "log_samples_every_n_steps", "num_logged_samples", "use_cache",
+})
+
+
+@dataclass
+class Experience:
+    """One iteration's rollouts and everything computed from them without gradients ([N] or [N, R])."""
+
+    rollout: Rollout
+    prompts: list[str]
+    completions: list[str]
+    scores: torch.Tensor
+    score_parts: dict[str, torch.Tensor]
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor | None
+    entropy: torch.Tensor
+    #: algorithm-specific tensors: values, advantages, returns...
+    data: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.response_mask
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+
+class PromptBatches(torch.utils.data.Dataset):
+    """The trainer's train loader: item i is just the step number i (prompts are chosen by the
+    objective from the step, so a resumed run picks the same ones)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = int(steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _StepDataModule(L.LightningDataModule):
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(PromptBatches(self.steps), batch_size=None, shuffle=False)
+
+
+def check_finite(name: str, value: torch.Tensor, step: int, hint: str = "") -> None:
+    """Raise :class:`TrainingDiverged` naming ``name`` and ``step`` unless every entry of ``value`` is finite."""
+    if not bool(torch.isfinite(value.detach()).all()):
+        raise TrainingDiverged(
+            f"{name} is not finite at step {step}; training stopped before this update was applied.{hint}"
+        )
+
+
+class OnlineObjective(ReferenceObjective):
+    """Shared rollout/optimisation loop of online RL objectives (see the module docstring).
+
+    Subclasses set :attr:`name` and implement :meth:`compute_advantages` (per-iteration, no
+    gradient) and :meth:`minibatch_loss` (one micro-batch, with gradient).
+    """
+
+    data_kind: ClassVar[str] = "prompt"
+    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS
+    #: defaults of the keys it reads (its YAML sets them too; these serve programmatic use)
+    defaults: ClassVar[dict[str, Any]] = {
+        "max_new_tokens": 24, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "group_size": 1, "epochs": 1,
+        "mini_batch_size": None, "micro_batch_size": None, "generation_batch_size": None, "clip_range": 0.2,
+        "beta": 0.05, "kl_estimator": "k1", "use_cache": True, "log_samples_every_n_steps": 10, "num_logged_samples": 8,
+    }
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
+        if bool(cfg.get("precompute_ref_logps", False)):
+            raise ConfigError(
+                f"objective.precompute_ref_logps is not possible for objective={cfg.get('name')}: online RL scores "
+                "new samples every step, so reference log-probs cannot be computed ahead"
+            )
+        super().__init__(model, tokenizer, cfg, **kwargs)
+        self.automatic_optimization = False
+        self.max_new_tokens = int(self.opt("max_new_tokens"))
+        self.temperature = float(self.opt("temperature"))
+        self.top_k, self.top_p = int(self.opt("top_k")), float(self.opt("top_p"))
+        self.group_size = int(self.opt("group_size"))
+        self.epochs = int(self.opt("epochs"))
+        self.clip_range = float(self.opt("clip_range"))
+        self.kl_estimator = str(self.opt("kl_estimator"))
+        self.use_cache = bool(self.opt("use_cache"))
+        self.log_samples_every = int(self.opt("log_samples_every_n_steps") or 0)
+        self.num_logged_samples = int(self.opt("num_logged_samples"))
+        for key, value in (("max_new_tokens", self.max_new_tokens), ("group_size", self.group_size), ("epochs", self.epochs)):
+            if value < 1:
+                raise ConfigError(f"objective.{key} must be >= 1, got {value}")
+        if self.temperature <= 0:
+            raise ConfigError(f"objective.temperature must be > 0 (sampling), got {self.temperature}")
+        # set by attach()
+        self.prompts: list[dict] = []
+        self.prompts_per_step = 1
+        self.seed = 0
+        self.reward: Any = None
+        self.gradient_clip_val: float | None = None
+        self.step_metrics: dict[str, float] = {}
+
+    def opt(self, key: str) -> Any:
+        """The objective's config value for ``key``; the class default when absent or null."""
+        value = self.cfg.get(key)
+        return self.defaults.get(key) if value is None else value
+
+    # -- configuration ----------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Fail before any work on keys this objective does not know, or a run without a step budget."""
+        from alignx.config import _unknown
+
+        _unknown([k for k in cfg.objective.keys()], cls.config_keys, "objective.")
+        if int(cfg.trainer.get("max_steps") or -1) <= 0:
+            raise ConfigError(
+                f"objective={cfg.objective.name} trains for trainer.max_steps iterations (rollout batches); "
+                f"set trainer.max_steps to a positive number (got {cfg.trainer.get('max_steps')})"
+            )
+        if int(cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches is not used by objective={cfg.objective.name}; its minibatches "
+                "accumulate gradients over objective.micro_batch_size forwards instead"
+            )
+
+    @classmethod
+    def datamodule(cls, train_items: list[dict], val_items: list[dict], tokenizer: Any, cfg: Any) -> L.LightningDataModule:
+        return _StepDataModule(int(cfg.trainer.max_steps))
+
+    @classmethod
+    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+        """A prompt row -> its token ids (fit to ``data.max_length``, keeping the end) and text."""
+        from alignx.data.tokenize import encode_prompt, fit_to_length, prompt_is_templated, prompt_text
+
+        chat = bool(data_cfg["chat_template"])
+        text = prompt_text(row, tokenizer, chat)
+        ids = encode_prompt(text, tokenizer, templated=prompt_is_templated(row, chat))
+        keep = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
+        policy = str(data_cfg["truncation"])
+        fitted = fit_to_length(ids, [], int(data_cfg["max_length"]), "truncate_prompt" if policy == "truncate_completion" else policy, keep)
+        if fitted is None:
+            return None, "dropped"
+        return {"input_ids": fitted[0], "prompt": text}, fitted[2]
+
+    def attach(self, job: JobContext) -> None:
+        from alignx.rewards.combine import build_reward
+
+        cfg = job.cfg
+        self.prompts = list(job.train_items)
+        self.prompts_per_step = int(cfg.data.batch_size)
+        self.seed = int(cfg.seed)
+        self.reward = build_reward(cfg.reward, job.registry)
+        clip = cfg.trainer.get("gradient_clip_val")
+        self.gradient_clip_val = float(clip) if clip else None
+        n = self.prompts_per_step * self.group_size
+        self.mini_batch_size = min(n, int(self.opt("mini_batch_size") or n))
+        self.micro_batch_size = min(self.mini_batch_size, int(self.opt("micro_batch_size") or self.mini_batch_size))
+        self.generation_batch_size = int(self.opt("generation_batch_size") or n)
+
+    # -- algorithm hooks ----------------------------------------------------------------------
+    def compute_advantages(self, exp: Experience) -> dict[str, float]:
+        """Fill ``exp.data`` (advantages etc.) from the scored rollouts; return metrics to log."""
+        raise NotImplementedError
+
+    def minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of rollouts ``idx`` (with gradient) and detached stats to average over the iteration."""
+        raise NotImplementedError
+
+    def iteration_metrics(self, exp: Experience, stats: dict[str, float]) -> dict[str, float]:
+        """Metrics of a finished iteration under the algorithm's names (``stats``: averaged minibatch stats)."""
+        return {}
+
+    # -- shared machinery --------------------------------------------------------------------
+    def prompt_batch(self, step: int) -> list[dict]:
+        """This rank's prompts for ``step``: consecutive slices of a seeded permutation per epoch."""
+        n, b = len(self.prompts), self.prompts_per_step
+        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        per_epoch = max(1, n // (b * world))
+        epoch, k = divmod(int(step), per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)  # the same permutation on every rank
+        perm = torch.randperm(n, generator=g)
+        if n < b * world:  # fewer prompts than one step needs: cycle through them
+            perm = perm.repeat(math.ceil(b * world / n))
+        start = (k * world + rank) * b
+        return [self.prompts[int(i)] for i in perm[start : start + b]]
+
+    def forward_logits(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+        """Logits [N, R, V] predicting each response token, divided by the sampling temperature."""
+        mask = rollout.attention_mask
+        out = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask))
+        p = rollout.prompt_width
+        return out.logits[:, p - 1 : -1, :].float() / self.temperature
+
+    @staticmethod
+    def response_labels(rollout: Rollout) -> torch.Tensor:
+        return rollout.response_ids.masked_fill(~rollout.response_mask.bool(), IGNORE_INDEX)
+
+    def response_logps(self, model: torch.nn.Module, rollout: Rollout, *, with_entropy: bool = False) -> Any:
+        """Per-token log-probs [N, R] (0 past the end) of the sampled tokens; with entropy [N, R] too."""
+        logits = self.forward_logits(model, rollout)
+        logps = token_logprobs(logits, self.response_labels(rollout))
+        if with_entropy:
+            return logps, zero_masked(entropy_from_logits(logits), rollout.response_mask)
+        return logps
+
+    def _chunks(self, n: int, size: int) -> list[torch.Tensor]:
+        return list(torch.arange(n).split(size))
+
+    @torch.no_grad()
+    def make_experience(self, step: int) -> Experience:
+        """Sample, score and evaluate one iteration's rollouts (steps 1-3 of the module docstring)."""
+        tok = self.tokenizer
+        items = self.prompt_batch(step)
+        g = self.group_size
+        ids_list = [it["input_ids"] for it in items for _ in range(g)]
+        prompts = [it["prompt"] for it in items for _ in range(g)]
+        base_seed = rollout_seed(self.seed, self.global_rank, step)
+        rollouts = []
+        t0 = time.perf_counter()
+        for j, idx in enumerate(self._chunks(len(ids_list), self.generation_batch_size)):
+            ids, mask = left_pad([ids_list[int(i)] for i in idx], tok.pad_token_id)
+            try:
+                rollouts.append(sample(
+                    self.model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                    max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                    top_p=self.top_p, seed=base_seed + j, use_cache=self.use_cache,
+                ))
+            except RuntimeError as exc:
+                if "inf" in str(exc) or "nan" in str(exc):
+                    raise TrainingDiverged(
+                        f"the policy's next-token probabilities are not finite at step {step} (sampling failed: "
+                        f"{str(exc).splitlines()[0]}); the last update made the weights diverge.{self._checkpoint_hint()}"
+                    ) from None
+                raise
+        rollout = _concat(rollouts, tok.pad_token_id)
+        self._generation_s = time.perf_counter() - t0
+        completions = decode_responses(tok, rollout)
+        scores, parts = self.reward.score(prompts, completions, has_eos=rollout.has_eos.cpu())
+        old, ent, ref = [], [], []
+        for idx in self._chunks(len(prompts), self.micro_batch_size):
+            sub = rollout.select(idx.to(rollout.response_ids.device))
+            lp, h = self.response_logps(self.model, sub, with_entropy=True)
+            old.append(lp)
+            ent.append(h)
+            with self.reference() as ref_model:
+                if ref_model is not None:
+                    ref.append(self.response_logps(ref_model, sub))
+        old_logps = torch.cat(old)
+        check_finite("the policy's log-probabilities of its own samples", old_logps, step, self._checkpoint_hint())
+        return Experience(
+            rollout=rollout,
+            prompts=prompts,
+            completions=completions,
+            scores=scores.to(old_logps.device),
+            score_parts=parts,
+            old_logps=old_logps,
+            ref_logps=torch.cat(ref) if ref else None,
+            entropy=torch.cat(ent),
+        )
+
+    def sequence_kl(self, exp: Experience, kind: str = "k1") -> torch.Tensor:
+        """Per-sequence KL(π || π_ref) estimate [N]: the masked token sum of estimator ``kind``."""
+        if exp.ref_logps is None:
+            return torch.zeros_like(exp.scores)
+        return zero_masked(kl_estimate(exp.old_logps, exp.ref_logps, kind), exp.mask).sum(-1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        step = int(self.global_step)
+        t0 = time.perf_counter()
+        self.model.eval()  # dropout off: log-probs must be reproducible (gradients still flow)
+        for m in self.extra_models():
+            m.eval()
+        exp = self.make_experience(step)
+        t_rollout = time.perf_counter() - t0
+        metrics = dict(self.compute_advantages(exp))
+        opt = self.optimizers()
+        n = len(exp)
+        g = torch.Generator().manual_seed(rollout_seed(self.seed, self.global_rank, step) ^ 0x5EED)
+        n_opt_steps = self.epochs * math.ceil(n / self.mini_batch_size)
+        sums: dict[str, float] = {}
+        count, k = 0, 0
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=g)
+            for mb in perm.split(self.mini_batch_size):
+                opt.zero_grad()
+                for micro in mb.split(self.micro_batch_size):
+                    loss, stats = self.minibatch_loss(exp, micro.to(exp.scores.device))
+                    check_finite(f"the {self.name} loss", loss, step, self._checkpoint_hint())
+                    self.manual_backward(loss * (len(micro) / len(mb)))
+                    for key, v in stats.items():
+                        sums[key] = sums.get(key, 0.0) + float(v)
+                    count += 1
+                if self.gradient_clip_val:
+                    self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+                k += 1
+                if k < n_opt_steps:
+                    # all but the last update of an iteration bypass Lightning's step counter, so
+                    # trainer.global_step (max_steps, checkpoints, logged steps) counts iterations
+                    self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure, model=self)
+                else:
+                    opt.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        stats = {key: v / max(count, 1) for key, v in sums.items()}
+        metrics.update(self.iteration_metrics(exp, stats))
+        lengths = exp.mask.sum(-1).float()
+        metrics.update({
+            "completions/mean_length": float(lengths.mean()),
+            "completions/clipped_ratio": float((~exp.rollout.has_eos).float().mean()),
+            "lr": float(opt.optimizer.param_groups[0]["lr"]),
+            "time/generation_s": self._generation_s,
+            "time/rollout_s": t_rollout,
+            "time/step_s": time.perf_counter() - t0,
+        })
+        self._log_iteration(step, metrics, exp)
+
+    def extra_models(self) -> list[torch.nn.Module]:
+        """Trained modules besides the policy (PPO's value model), kept in eval mode like it."""
+        return []
+
+    def _log_iteration(self, step: int, metrics: dict[str, float], exp: Experience) -> None:
+        self.step_metrics = metrics
+        self.log_dict({k: v for k, v in metrics.items() if k in self.progress_keys}, prog_bar=True, logger=False, batch_size=len(exp))
+        logger = self.logger
+        if logger is not None and self.trainer.is_global_zero:
+            logger.log_metrics(metrics, step=step + 1)
+            if self.log_samples_every and step % self.log_samples_every == 0:
+                tracker = getattr(logger, "tracker", None)
+                if tracker is not None:
+                    tracker.log_table(self.sample_rows(exp), f"samples/rollouts/step-{step + 1:06d}.json")
+
+    #: metrics shown on the progress bar
+    progress_keys: ClassVar[tuple[str, ...]] = ()
+
+    def sample_rows(self, exp: Experience) -> list[dict]:
+        """The first ``num_logged_samples`` rollouts of an iteration as table rows."""
+        rows = []
+        for i in range(min(self.num_logged_samples, len(exp))):
+            row = {"prompt": exp.prompts[i], "completion": exp.completions[i], "reward": float(exp.scores[i])}
+            for name, part in exp.score_parts.items():
+                if len(exp.score_parts) > 1:
+                    row[f"reward/{name}"] = float(part[i])
+            row["has_eos"] = bool(exp.rollout.has_eos[i])
+            if "advantages" in exp.data and exp.data["advantages"].dim() == 1:
+                row["advantage"] = float(exp.data["advantages"][i])
+            rows.append(row)
+        return rows
+
+    def _checkpoint_hint(self) -> str:
+        cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        path = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") if cb is not None else ""
+        if path:
+            return f" The last good checkpoint is {path}; lower optim.lr (or raise objective.beta) and resume from it."
+        return " No checkpoint was saved (set checkpoint.every_n_steps to keep one); lower optim.lr and retry."
+
+    # -- validation: online objectives are judged by the end-of-run evaluation -------------------
+    def validation_step(self, batch: Any, batch_idx: int) -> None:  # pragma: no cover - no val loader
+        return None
+
+
+def _no_closure() -> None:
+    return None
+
+
+def _concat(rollouts: list[Rollout], pad_id: int) -> Rollout:
+    """Join rollouts generated in chunks (prompt widths are left-padded, responses right-padded, to a common size)."""
+    if len(rollouts) == 1:
+        return rollouts[0]
+    p = max(r.prompt_width for r in rollouts)
+    width = max(r.response_ids.size(1) for r in rollouts)
+
+    def pad(t: torch.Tensor, size: int, value: int, left: bool) -> torch.Tensor:
+        extra = size - t.size(1)
+        if extra == 0:
+            return t
+        filler = torch.full((t.size(0), extra), value, dtype=t.dtype, device=t.device)
+        return torch.cat([filler, t] if left else [t, filler], dim=1)
+
+    return Rollout(
+        torch.cat([pad(r.prompt_ids, p, pad_id, True) for r in rollouts]),
+        torch.cat([pad(r.prompt_mask, p, 0, True) for r in rollouts]),
+        torch.cat([pad(r.response_ids, width, pad_id, False) for r in rollouts]),
+        torch.cat([pad(r.response_mask, width, 0, False) for r in rollouts]),
+        torch.cat([r.has_eos for r in rollouts]),
+    )
+
+
+def masked_seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of the per-sequence token mean (GRPO's view of a per-token quantity)."""
+    m = mask.to(x.dtype)
+    return (zero_masked(x, mask).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+
+
+__all__ = ["OnlineObjective", "Experience", "TrainingDiverged", "check_finite", "masked_mean", "masked_seq_mean"]
