@@ -38,14 +38,13 @@ def _hydra_train(argv: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
     def task(cfg: DictConfig) -> float | list[float] | None:
+        # Hydra's root handlers already print and file every record; Lightning's own console
+        # handler would print each of its messages twice.
+        import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
         from omegaconf import ListConfig
 
         from alignx.errors import ConfigError
         from alignx.train import train
-
-        # Hydra's root handlers already print and file every record; Lightning's own console
-        # handler would print each of its messages twice.
-        import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
 
         pl_logger = logging.getLogger("lightning.pytorch")
         for handler in list(pl_logger.handlers):
@@ -119,7 +118,7 @@ def _plugins(argv: Sequence[str]) -> int:
     from rich.table import Table
 
     from alignx.errors import AlignxError
-    from alignx.registry import KINDS, load_plugins, conf_dirs
+    from alignx.registry import KINDS, conf_dirs, load_plugins
 
     parser = argparse.ArgumentParser(prog="alignx plugins", description="List everything registered with alignx.")
     parser.add_argument("--kind", choices=list(KINDS), help="only this kind")
@@ -147,7 +146,14 @@ def _plugins(argv: Sequence[str]) -> int:
 def _compare(argv: Sequence[str]) -> int:
     import argparse
 
-    from alignx.compare import DEFAULT_CURVE, DEFAULT_EXPERIMENT, DEFAULT_METRICS, CompareError, compare, print_result
+    from alignx.compare import (
+        DEFAULT_CURVE,
+        DEFAULT_EXPERIMENT,
+        DEFAULT_METRICS,
+        CompareError,
+        compare,
+        print_result,
+    )
 
     parser = argparse.ArgumentParser(
         prog="alignx compare",

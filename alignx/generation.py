@@ -125,7 +125,11 @@ def sample(
     if greedy:
         kwargs.update(do_sample=False)
     else:
-        kwargs.update(do_sample=True, temperature=float(temperature), top_k=int(top_k) or None, top_p=float(top_p))
+        # explicit values, 0 and 1.0 included: None would fall back to a hub model's generation_config (e.g. top_k=50),
+        # and the log-probs RL computes from the full distribution would no longer be those of the sampler
+        model_top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p),
+                      top_k=int(top_k) if top_k or model_top_k else None)
     try:
         if seed is None:
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)

@@ -230,8 +230,16 @@ def build_trainer(
 
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if manual_optimization:
+        import warnings
+
         targs.pop("gradient_clip_val", None)
         targs.pop("accumulate_grad_batches", None)
+        # checkpoints after a step's updates are what resume needs (global_step counts finished steps)
+        warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+        # online objectives are judged by evaluation at the end; they have no validation loop
+        warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
+        # their prompts are a function of the step, so a mid-epoch resume picks up the right ones
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     callbacks = list(callbacks)
     every = (cfg.get("checkpoint") or {}).get("every_n_steps")
     if every:
@@ -308,10 +316,8 @@ def evaluate(
     """Gold reward (when the dataset names a task), perplexity and, for objectives with a
     reference policy, the KL from it, on held-out rows."""
     from alignx.data.tokenize import prompt_is_templated, prompt_text
-    from alignx.evaluation import evaluate_policy
+    from alignx.evaluation import evaluate_policy, reference_rows
     from alignx.objectives.sft import SFT
-
-    from alignx.evaluation import reference_rows
 
     test_rows = reference_rows(test_rows)
     if not cfg.eval.enabled or not test_rows:

@@ -35,7 +35,13 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from alignx.data.formats import CANONICAL_COLUMNS, RowError, check_kind, reject_row, validate_row
+from alignx.data.formats import (
+    CANONICAL_COLUMNS,
+    RowError,
+    check_kind,
+    reject_row,
+    validate_row,
+)
 from alignx.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -90,7 +96,9 @@ class SplitRows(list):
 
 
 def _resolve(path: Any) -> Path:
-    from hydra.utils import to_absolute_path  # relative to the launch directory even if Hydra chdir'd
+    from hydra.utils import (
+        to_absolute_path,  # relative to the launch directory even if Hydra chdir'd
+    )
 
     return Path(to_absolute_path(os.path.expanduser(str(path))))
 

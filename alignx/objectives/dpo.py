@@ -8,7 +8,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
-from alignx.data.tokenize import encode_prompt, fit_to_length, prompt_is_templated, prompt_text
+from alignx.data.tokenize import (
+    encode_prompt,
+    fit_to_length,
+    prompt_is_templated,
+    prompt_text,
+)
 from alignx.errors import ConfigError
 from alignx.losses.preference import (
     DPO_LOSS_TYPES,

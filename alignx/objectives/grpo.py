@@ -17,8 +17,20 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from alignx.errors import ConfigError
-from alignx.losses.policy_gradient import GROUP_SCALES, GRPO_NORMALIZATIONS, clipped_surrogate, group_advantages, grpo_token_loss, rloo_advantages
-from alignx.objectives.online import ONLINE_KEYS, Experience, OnlineObjective, masked_seq_mean
+from alignx.losses.policy_gradient import (
+    GROUP_SCALES,
+    GRPO_NORMALIZATIONS,
+    clipped_surrogate,
+    group_advantages,
+    grpo_token_loss,
+    rloo_advantages,
+)
+from alignx.objectives.online import (
+    ONLINE_KEYS,
+    Experience,
+    OnlineObjective,
+    masked_seq_mean,
+)
 from alignx.ops.logprobs import masked_mean
 from alignx.ops.rl import kl_estimate, zero_masked
 
@@ -36,16 +48,21 @@ class GRPO(OnlineObjective):
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
-        if self.group_size < 2:
-            raise ConfigError(f"objective.group_size must be >= 2 for objective={self.name} (the group is the baseline), got {self.group_size}")
         self.normalization = str(self.opt("loss_normalization"))
-        if self.normalization not in GRPO_NORMALIZATIONS:
-            raise ConfigError(f"objective.loss_normalization='{self.normalization}' is not valid. Valid: {', '.join(GRPO_NORMALIZATIONS)}")
         self.scale = str(self.opt("scale_rewards"))
-        if self.scale not in GROUP_SCALES:
-            raise ConfigError(f"objective.scale_rewards='{self.scale}' is not valid. Valid: {', '.join(GROUP_SCALES)}")
-        if self.beta < 0:
-            raise ConfigError(f"objective.beta must be >= 0, got {self.beta}")
+
+    @classmethod
+    def check_values(cls, cfg: Mapping[str, Any]) -> None:
+        super().check_values(cfg)
+        g = int(cls.option(cfg, "group_size"))
+        if g < 2:
+            raise ConfigError(f"objective.group_size must be >= 2 for objective={cls.name} (the group is the baseline), got {g}")
+        norm = str(cls.option(cfg, "loss_normalization"))
+        if norm not in GRPO_NORMALIZATIONS:
+            raise ConfigError(f"objective.loss_normalization='{norm}' is not valid. Valid: {', '.join(GRPO_NORMALIZATIONS)}")
+        scale = str(cls.option(cfg, "scale_rewards"))
+        if scale not in GROUP_SCALES:
+            raise ConfigError(f"objective.scale_rewards='{scale}' is not valid. Valid: {', '.join(GROUP_SCALES)}")
 
     def group_baseline(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages [N], per-group reward std [N / G])."""

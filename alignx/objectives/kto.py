@@ -10,7 +10,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
-from alignx.losses.preference import completion_logits_mean, kto_loss, kto_reference_point, sequence_logps
+from alignx.losses.preference import (
+    completion_logits_mean,
+    kto_loss,
+    kto_reference_point,
+    sequence_logps,
+)
 from alignx.objectives.base import ReferenceObjective
 from alignx.objectives.dpo import encode_prompt_completions
 from alignx.ops.logprobs import IGNORE_INDEX

@@ -33,7 +33,14 @@ import lightning as L
 import torch
 
 from alignx.errors import AlignxError, ConfigError
-from alignx.generation import Rollout, decode_responses, left_pad, position_ids, rollout_seed, sample
+from alignx.generation import (
+    Rollout,
+    decode_responses,
+    left_pad,
+    position_ids,
+    rollout_seed,
+    sample,
+)
 from alignx.objectives.base import JobContext, ReferenceObjective
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
 from alignx.ops.rl import entropy_from_logits, kl_estimate, zero_masked
@@ -100,9 +107,7 @@ class _StepDataModule(L.LightningDataModule):
 def check_finite(name: str, value: torch.Tensor, step: int, hint: str = "") -> None:
     """Raise :class:`TrainingDiverged` naming ``name`` and ``step`` unless every entry of ``value`` is finite."""
     if not bool(torch.isfinite(value.detach()).all()):
-        raise TrainingDiverged(
-            f"{name} is not finite at step {step}; training stopped before this update was applied.{hint}"
-        )
+        raise TrainingDiverged(f"{name} is not finite in training step {step + 1}; training stopped.{hint}")
 
 
 class OnlineObjective(ReferenceObjective):
@@ -122,11 +127,7 @@ class OnlineObjective(ReferenceObjective):
     }
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
-        if bool(cfg.get("precompute_ref_logps", False)):
-            raise ConfigError(
-                f"objective.precompute_ref_logps is not possible for objective={cfg.get('name')}: online RL scores "
-                "new samples every step, so reference log-probs cannot be computed ahead"
-            )
+        self.check_values(cfg)
         super().__init__(model, tokenizer, cfg, **kwargs)
         self.automatic_optimization = False
         self.max_new_tokens = int(self.opt("max_new_tokens"))
@@ -139,11 +140,6 @@ class OnlineObjective(ReferenceObjective):
         self.use_cache = bool(self.opt("use_cache"))
         self.log_samples_every = int(self.opt("log_samples_every_n_steps") or 0)
         self.num_logged_samples = int(self.opt("num_logged_samples"))
-        for key, value in (("max_new_tokens", self.max_new_tokens), ("group_size", self.group_size), ("epochs", self.epochs)):
-            if value < 1:
-                raise ConfigError(f"objective.{key} must be >= 1, got {value}")
-        if self.temperature <= 0:
-            raise ConfigError(f"objective.temperature must be > 0 (sampling), got {self.temperature}")
         # set by attach()
         self.prompts: list[dict] = []
         self.prompts_per_step = 1
@@ -154,8 +150,28 @@ class OnlineObjective(ReferenceObjective):
 
     def opt(self, key: str) -> Any:
         """The objective's config value for ``key``; the class default when absent or null."""
-        value = self.cfg.get(key)
-        return self.defaults.get(key) if value is None else value
+        return self.option(self.cfg, key)
+
+    @classmethod
+    def option(cls, cfg: Mapping[str, Any], key: str) -> Any:
+        value = cfg.get(key)
+        return cls.defaults.get(key) if value is None else value
+
+    @classmethod
+    def check_values(cls, cfg: Mapping[str, Any]) -> None:
+        """ConfigError naming the key for a value the objective cannot run with (subclasses extend)."""
+        if bool(cfg.get("precompute_ref_logps", False)):
+            raise ConfigError(
+                f"objective.precompute_ref_logps is not possible for objective={cls.name}: online RL scores "
+                "new samples every step, so reference log-probs cannot be computed ahead"
+            )
+        for key in ("max_new_tokens", "group_size", "epochs"):
+            if int(cls.option(cfg, key)) < 1:
+                raise ConfigError(f"objective.{key} must be >= 1, got {cls.option(cfg, key)}")
+        if float(cls.option(cfg, "temperature")) <= 0:
+            raise ConfigError(f"objective.temperature must be > 0 (sampling), got {cls.option(cfg, 'temperature')}")
+        if float(cls.option(cfg, "beta")) < 0:
+            raise ConfigError(f"objective.beta must be >= 0, got {cls.option(cfg, 'beta')}")
 
     # -- configuration ----------------------------------------------------------------------
     @classmethod
@@ -164,6 +180,7 @@ class OnlineObjective(ReferenceObjective):
         from alignx.config import _unknown
 
         _unknown([k for k in cfg.objective.keys()], cls.config_keys, "objective.")
+        cls.check_values(cfg.objective)
         if int(cfg.trainer.get("max_steps") or -1) <= 0:
             raise ConfigError(
                 f"objective={cfg.objective.name} trains for trainer.max_steps iterations (rollout batches); "
@@ -182,7 +199,12 @@ class OnlineObjective(ReferenceObjective):
     @classmethod
     def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
         """A prompt row -> its token ids (fit to ``data.max_length``, keeping the end) and text."""
-        from alignx.data.tokenize import encode_prompt, fit_to_length, prompt_is_templated, prompt_text
+        from alignx.data.tokenize import (
+            encode_prompt,
+            fit_to_length,
+            prompt_is_templated,
+            prompt_text,
+        )
 
         chat = bool(data_cfg["chat_template"])
         text = prompt_text(row, tokenizer, chat)
@@ -280,8 +302,9 @@ class OnlineObjective(ReferenceObjective):
             except RuntimeError as exc:
                 if "inf" in str(exc) or "nan" in str(exc):
                     raise TrainingDiverged(
-                        f"the policy's next-token probabilities are not finite at step {step} (sampling failed: "
-                        f"{str(exc).splitlines()[0]}); the last update made the weights diverge.{self._checkpoint_hint()}"
+                        f"the policy's next-token probabilities are not finite in training step {step + 1} (sampling "
+                        f"failed: {str(exc).splitlines()[0]}): earlier updates made the weights diverge; training "
+                        f"stopped.{self._checkpoint_hint()}"
                     ) from None
                 raise
         rollout = _concat(rollouts, tok.pad_token_id)
@@ -351,6 +374,9 @@ class OnlineObjective(ReferenceObjective):
                     self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure, model=self)
                 else:
                     opt.step()
+        # before the checkpoint callback runs: a non-finite update is never saved over a good checkpoint
+        check_finite("the weights after this step's updates", _all_finite(self.trainable_parameters()), step,
+                     self._checkpoint_hint())
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -403,12 +429,15 @@ class OnlineObjective(ReferenceObjective):
         cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
         path = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") if cb is not None else ""
         if path:
-            return f" The last good checkpoint is {path}; lower optim.lr (or raise objective.beta) and resume from it."
-        return " No checkpoint was saved (set checkpoint.every_n_steps to keep one); lower optim.lr and retry."
+            return (f" No update of this step was saved: the last checkpoint, written before it, is {path} "
+                    "(resume=<it> with a lower optim.lr; earlier ones are next to it).")
+        return " No checkpoint was saved (set checkpoint.every_n_steps to keep some); lower optim.lr and retry."
 
-    # -- validation: online objectives are judged by the end-of-run evaluation -------------------
-    def validation_step(self, batch: Any, batch_idx: int) -> None:  # pragma: no cover - no val loader
-        return None
+
+def _all_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """One boolean tensor: every parameter entry is finite (one device sync for all of them)."""
+    flags = [torch.isfinite(p.detach()).all() for p in params]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
 
 
 def _no_closure() -> None:

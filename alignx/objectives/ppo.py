@@ -35,8 +35,21 @@ from alignx.generation import Rollout, position_ids
 from alignx.losses.policy_gradient import clipped_policy_loss, clipped_value_loss
 from alignx.losses.sft import sft_loss
 from alignx.objectives.base import JobContext
-from alignx.objectives.online import ONLINE_KEYS, Experience, OnlineObjective, check_finite
-from alignx.ops.rl import AdaptiveKLController, FixedKLController, gae, kl_estimate, masked_whiten, per_token_rewards, zero_masked
+from alignx.objectives.online import (
+    ONLINE_KEYS,
+    Experience,
+    OnlineObjective,
+    check_finite,
+)
+from alignx.ops.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_estimate,
+    masked_whiten,
+    per_token_rewards,
+    zero_masked,
+)
 
 VALUE_MODELS = ("auto", "reward", "policy")
 
@@ -58,10 +71,6 @@ class PPO(OnlineObjective):
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ConfigError(f"objective.kl_estimator='{self.kl_estimator}' is not a PPO reward-penalty estimator. Valid: k1, k3")
-        if str(self.opt("value_model")) not in VALUE_MODELS:
-            raise ConfigError(f"objective.value_model='{self.opt('value_model')}' is not valid. Valid: {', '.join(VALUE_MODELS)}")
         beta = float(self.opt("beta"))
         self.kl_ctl = (
             AdaptiveKLController(beta, float(self.opt("kl_target")), float(self.opt("kl_horizon")))
@@ -69,6 +78,16 @@ class PPO(OnlineObjective):
         )
         self.value_model: torch.nn.Module | None = None
         self.ptx_items: list[dict] = []
+
+    @classmethod
+    def check_values(cls, cfg: Mapping[str, Any]) -> None:
+        super().check_values(cfg)
+        if str(cls.option(cfg, "kl_estimator")) not in ("k1", "k3"):
+            raise ConfigError(
+                f"objective.kl_estimator='{cls.option(cfg, 'kl_estimator')}' is not a PPO reward-penalty estimator. Valid: k1, k3"
+            )
+        if str(cls.option(cfg, "value_model")) not in VALUE_MODELS:
+            raise ConfigError(f"objective.value_model='{cls.option(cfg, 'value_model')}' is not valid. Valid: {', '.join(VALUE_MODELS)}")
 
     @classmethod
     def auxiliary_kinds(cls, cfg: Mapping[str, Any]) -> dict[str, str]:

@@ -54,7 +54,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from alignx.tracking.params import config_params
-        from alignx.train import start_tracking, resolve_outputs_root
+        from alignx.train import resolve_outputs_root, start_tracking
 
         if config.tracking.name == "none":
             return

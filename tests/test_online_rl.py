@@ -1,0 +1,320 @@
+"""Online RL (objective=ppo | grpo | rloo): rollouts, the training loop, metrics, resume, divergence.
+
+Everything trains for real on a 1-layer model for a handful of iterations (seconds each); the
+proofs that these objectives *align* are in test_rl_aligns.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import mlflow
+import pytest
+import torch
+from conftest import fast, require_example_plugin
+
+from alignx.config import compose
+from alignx.errors import ConfigError
+from alignx.generation import (
+    decode_responses,
+    encode_prompts,
+    generate,
+    left_pad,
+    position_ids,
+    sample,
+)
+from alignx.models.heads import add_reward_head, token_values
+from alignx.models.loading import build_llama, save_pretrained_atomic
+from alignx.objectives.online import TrainingDiverged
+from alignx.train import train
+
+PPO_METRICS = {
+    "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward", "objective/scores",
+    "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg",
+    "val/ratio", "val/num_eos_tokens",
+}
+GROUP_METRICS = {
+    "reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio", "completions/mean_length",
+    "completions/clipped_ratio",
+}
+# a few prompts, short completions: each iteration takes well under a second
+SMALL_RL = ("data.batch_size=4", "objective.max_new_tokens=6", "trainer.max_steps=3", "eval.enabled=false", "save.model=false")
+
+
+def _rl(tmp_path, *overrides, name="job"):
+    return compose(fast(*SMALL_RL, f"output_dir={tmp_path / name}", f"outputs_root={tmp_path}", *overrides))
+
+
+def _history(job, key):
+    client = mlflow.tracking.MlflowClient(job.tracking_uri)
+    return [m.value for m in sorted(client.get_metric_history(job.run_id, key), key=lambda m: m.step)]
+
+
+def _run(job):
+    return mlflow.tracking.MlflowClient(job.tracking_uri).get_run(job.run_id)
+
+
+# -- rollout generation ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sft_model(sentiment_sft):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(sentiment_sft.model_dir).eval(), AutoTokenizer.from_pretrained(sentiment_sft.model_dir)
+
+
+PROMPTS = ["Review: The plot was", "Review: The music seemed", "Review: The cast felt", "Hi"]
+
+
+def test_left_padded_batch_samples_what_each_prompt_samples_alone(sft_model):
+    model, tok = sft_model
+    ids, mask = left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)
+    assert mask[-1].tolist()[:-3] == [0] * (ids.size(1) - 3)  # "Hi" is left-padded
+    kw = dict(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=16, greedy=True)
+    batch = sample(model, ids, mask, **kw)
+    for i, p in enumerate(PROMPTS):
+        alone = sample(model, *left_pad(encode_prompts(tok, [p]), tok.pad_token_id), **kw)
+        n = int(alone.response_mask.sum())
+        assert batch.response_ids[i, :n].tolist() == alone.response_ids[0, :n].tolist(), p
+    # the KV cache changes speed, not tokens
+    no_cache = sample(model, ids, mask, use_cache=False, **kw)
+    assert torch.equal(no_cache.response_ids, batch.response_ids)
+
+
+def test_responses_stop_at_eos_and_are_padded_after_it(sft_model):
+    model, tok = sft_model
+    ids, mask = left_pad(encode_prompts(tok, PROMPTS * 8), tok.pad_token_id)
+    r = sample(model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=40, seed=3)
+    assert r.has_eos.float().mean() > 0.5  # the SFT model ends its reviews
+    for row, m, eos in zip(r.response_ids.tolist(), r.response_mask.tolist(), r.has_eos.tolist()):
+        n = sum(m)
+        assert m == [True] * n + [False] * (len(m) - n)  # right-padded mask
+        if eos:
+            assert row[n - 1] == tok.eos_token_id and tok.eos_token_id not in row[: n - 1]
+            assert row[n:] == [tok.pad_token_id] * (len(row) - n)
+        else:
+            assert n == len(row) == 40
+    # same seed, same samples; evaluation's text generation is this sampler, decoded
+    again = sample(model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=40, seed=3)
+    assert torch.equal(again.response_ids, r.response_ids)
+    texts = decode_responses(tok, r)
+    assert all(tok.eos_token not in t and tok.pad_token not in t for t in texts)
+    assert generate(model, tok, PROMPTS, greedy=True, max_new_tokens=16) == decode_responses(
+        tok, sample(model, *left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id), eos_id=tok.eos_token_id,
+                    pad_id=tok.pad_token_id, max_new_tokens=16, greedy=True))
+
+
+def test_training_logprobs_equal_the_samplers_temperature_scaled_logprobs(sft_model):
+    """Details 2 and 3: a forward over left-padded prompt + response (position ids from the mask,
+    logits / temperature) gives the log-probs of the distribution the tokens were sampled from."""
+    from alignx.objectives.online import OnlineObjective
+
+    model, tok = sft_model
+    ids, mask = left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)
+    temperature = 0.7
+    torch.manual_seed(0)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=None,
+                         max_new_tokens=10, output_scores=True, return_dict_in_generate=True,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    response = out.sequences[:, ids.size(1):]
+    from alignx.generation import Rollout
+    from alignx.ops.rl import truncate_after_eos
+
+    response, rmask, has_eos = truncate_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+    rollout = Rollout(ids, mask, response, rmask, has_eos)
+    # the sampler's own distribution at each step: processed scores = logits / temperature
+    sampler_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)
+    expected = sampler_lp.gather(-1, response.unsqueeze(-1)).squeeze(-1) * rmask
+    probe = OnlineObjective.__new__(OnlineObjective)
+    probe.temperature = temperature
+    got = OnlineObjective.response_logps(probe, model, rollout)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    # and not the untempered distribution
+    untempered = OnlineObjective.__new__(OnlineObjective)
+    untempered.temperature = 1.0
+    assert not torch.allclose(OnlineObjective.response_logps(untempered, model, rollout), expected, atol=1e-2)
+    # positions count real tokens only (RoPE is relative, so Llama would not notice an offset; models with
+    # absolute position embeddings would)
+    assert position_ids(mask)[-1].tolist()[-3:] == [0, 1, 2] and position_ids(mask)[-1, 0] == 0
+
+
+def test_token_values_read_the_head_at_every_position_and_match_the_pooled_score():
+    cfg = compose(fast())
+    model, tok = build_llama(cfg.model)
+    rm = add_reward_head(model, tok).eval()
+    ids, mask = left_pad(encode_prompts(tok, ["a b", "hello there"]), tok.pad_token_id)
+    values = token_values(rm, ids, mask)
+    assert values.shape == ids.shape
+    # the classifier's own output is the value at the last token (no right padding here)
+    assert torch.allclose(rm(input_ids=ids, attention_mask=mask).logits.squeeze(-1), values[:, -1], atol=1e-5)
+
+
+# -- training loop, metrics, tables ---------------------------------------------------------------
+def test_ppo_logs_every_reference_metric_each_step_and_rollout_tables(tmp_path):
+    job = train(_rl(tmp_path, "objective=ppo", "objective.epochs=2", "objective.mini_batch_size=2",
+                    "objective.log_samples_every_n_steps=2", "objective.adaptive_kl=true"))
+    run = _run(job)
+    assert run.info.status == "FINISHED" and run.data.tags["alignx.objective"] == "ppo"
+    for key in PPO_METRICS | {"completions/mean_length", "objective/kl_coef", "time/generation_s"}:
+        assert len(_history(job, key)) == 3, key  # one value per iteration
+    # first iteration: the policy *is* the reference, and it has not been updated yet when sampling
+    assert _history(job, "objective/kl")[0] == pytest.approx(0.0, abs=1e-5)
+    # per-token entropy summed over the completion: between 0 and length * log(vocab)
+    assert 0 < _history(job, "objective/entropy")[0] < 6 * torch.log(torch.tensor(259.0)).item()
+    # rlhf_reward = scores + non_score_reward (the KL penalty)
+    for s, n, r in zip(*(_history(job, k) for k in ("objective/scores", "objective/non_score_reward", "objective/rlhf_reward"))):
+        assert r == pytest.approx(s + n, abs=1e-5)
+    # the adaptive controller moved beta away from its initial value (KL far below target 6 -> beta shrinks)
+    betas = _history(job, "objective/kl_coef")
+    assert betas[0] == pytest.approx(0.05) and betas[-1] < betas[0]
+    # 4 rollouts, 2 epochs x 2 minibatches = 4 optimizer steps per iteration, yet global steps count iterations
+    client = mlflow.tracking.MlflowClient(job.tracking_uri)
+    assert sorted(m.step for m in client.get_metric_history(job.run_id, "objective/scores")) == [1, 2, 3]
+    tables = [a.path for a in client.list_artifacts(job.run_id, "samples/rollouts")]
+    assert tables == ["samples/rollouts/step-000001.json", "samples/rollouts/step-000003.json"]
+    import json
+
+    table = json.loads(open(client.download_artifacts(job.run_id, tables[0], str(tmp_path))).read())
+    assert table["columns"][:3] == ["prompt", "completion", "reward"] and len(table["data"]) == 4
+    assert all(row[0].startswith("Review: The ") for row in table["data"])
+
+
+def test_ppo_value_model_starts_from_the_reward_model_or_a_zero_head(tmp_path):
+    from alignx.objectives.base import JobContext
+    from alignx.objectives.ppo import PPO
+    from alignx.registry import load_plugins
+
+    cfg = compose(fast())
+    model, tok = build_llama(cfg.model)
+    rm = add_reward_head(build_llama(cfg.model)[0], tok).eval()
+    save_pretrained_atomic(tmp_path / "rm", rm, tok)
+    registry = load_plugins()
+
+    def value_model(*overrides):
+        c = _rl(tmp_path, "objective=ppo", *overrides)
+        ppo = PPO(build_llama(c.model)[0], tok, c.objective, optimizer=torch.optim.SGD)
+        ppo.attach(JobContext(c, registry, [{"input_ids": [1, 70], "prompt": "x"}], []))
+        return ppo.value_model
+
+    zero = value_model()  # reward=gold has no RM: zero-initialised head on a copy of the policy
+    ids, mask = left_pad(encode_prompts(tok, ["a b c"]), tok.pad_token_id)
+    assert torch.count_nonzero(token_values(zero, ids, mask)) == 0
+    from_rm = value_model("reward=rm", f"reward.path={tmp_path / 'rm'}")
+    assert torch.allclose(token_values(from_rm, ids, mask), token_values(rm, ids, mask), atol=1e-6)
+    with pytest.raises(ConfigError, match="value_model=reward needs exactly one reward model"):
+        value_model("objective.value_model=reward")
+
+
+@pytest.mark.parametrize("objective", ["grpo", "rloo"])
+def test_group_objectives_log_their_metrics_and_use_plugin_rewards(tmp_path, objective):
+    require_example_plugin()
+    job = train(_rl(tmp_path, f"objective={objective}", "objective.group_size=3",
+                    "reward.components=[{name: sentiment, weight: 1.0}, {name: brevity, weight: 0.5}]"))
+    assert _run(job).info.status == "FINISHED"
+    for key in GROUP_METRICS | {"objective/kl", "objective/scores", "loss/policy_avg"}:
+        assert len(_history(job, key)) == 3, key
+    assert _history(job, "kl")[0] == pytest.approx(0.0, abs=1e-5)
+    # reward is the weighted sum, scored on 4 prompts x 3 completions
+    rewards = _history(job, "reward")
+    assert all(0 <= r <= 1.5 for r in rewards)
+
+
+def test_lora_ppo_uses_the_disabled_adapter_as_reference_and_trains_a_lora_value_model(tmp_path):
+    from peft import PeftModel
+
+    job = train(_rl(tmp_path, "objective=ppo", "adapter=lora", "trainer.max_steps=2", "eval.enabled=true",
+                    "save.model=true"))
+    assert _run(job).info.status == "FINISHED"
+    assert _history(job, "objective/kl")[0] == pytest.approx(0.0, abs=1e-5)
+    assert "eval/kl_to_reference" in job.metrics
+    assert (job.model_dir / "adapter_config.json").is_file()
+    assert PeftModel  # imported: the value model is wrapped the same way (checked via the run finishing)
+
+
+# -- exact resume -----------------------------------------------------------------------------------
+def _digest(path):
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].float().numpy().tobytes())
+    return h.hexdigest(), state
+
+
+@pytest.mark.parametrize("objective", ["ppo", "grpo"])
+def test_resumed_run_continues_the_same_trajectory(tmp_path, objective):
+    extra = ["objective.adaptive_kl=true", "objective.mini_batch_size=2"] if objective == "ppo" else ["objective.group_size=2"]
+    common = [f"objective={objective}", "trainer.max_steps=4", "checkpoint.every_n_steps=2", "scheduler=linear",
+              "scheduler.num_warmup_steps=1", *extra]
+    full = train(_rl(tmp_path, *common, name="full"))
+    ckpt = full.output_dir / "checkpoints" / "step-000002.ckpt"
+    assert ckpt.is_file() and (full.output_dir / "checkpoints" / "last.ckpt").is_file()
+    resumed = train(_rl(tmp_path, *common, f"resume={ckpt}", name="resumed"))
+    assert _run(resumed).data.tags["alignx.resumed_from"] == str(ckpt)
+    # the same weights (policy and value model), optimizer moments and LR schedule at the end
+    full_digest, full_state = _digest(full.output_dir / "checkpoints" / "step-000004.ckpt")
+    res_digest, res_state = _digest(resumed.output_dir / "checkpoints" / "step-000004.ckpt")
+    assert full_state.keys() == res_state.keys()
+    assert full_digest == res_digest
+    keys = ["objective/scores", "objective/kl", "completions/mean_length", "lr"] + (
+        ["objective/kl_coef", "loss/value_avg"] if objective == "ppo" else ["reward_std"])
+    for key in keys:
+        assert _history(resumed, key) == _history(full, key)[2:], key
+    if objective == "ppo":  # the adaptive KL controller's state came back too
+        c_full = torch.load(full.output_dir / "checkpoints" / "step-000004.ckpt", weights_only=False)
+        c_res = torch.load(resumed.output_dir / "checkpoints" / "step-000004.ckpt", weights_only=False)
+        assert c_full["alignx_kl_controller"] == c_res["alignx_kl_controller"]
+        assert c_full["alignx_kl_controller"]["value"] != 0.05
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def test_an_infinite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A reward model whose scores are finite but astronomically large makes PPO's value loss
+    overflow to inf: the job stops naming the loss, the step's update is never saved, the run is
+    FAILED, and the last checkpoint still holds the good weights of the previous step."""
+    cfg = compose(fast())
+    model, tok = build_llama(cfg.model)
+    rm = add_reward_head(model, tok).eval()
+    with torch.no_grad():
+        rm.score.weight.mul_(1e36)
+    save_pretrained_atomic(tmp_path / "huge_rm", rm, tok)
+
+    common = ["objective=ppo", "checkpoint.every_n_steps=1", "trainer.max_steps=4"]
+    good = train(_rl(tmp_path, *common, "trainer.max_steps=2", name="good"))
+    last = good.output_dir / "checkpoints" / "last.ckpt"
+    before, _ = _digest(last)
+    # continue the same job from its last checkpoint, now scored by the exploding reward model
+    with pytest.raises(TrainingDiverged, match=r"the ppo loss is not finite in training step 3; training stopped\. "
+                                               r"No update of this step was saved"):
+        train(_rl(tmp_path, *common, f"resume={last}", "reward=rm", f"reward.path={tmp_path / 'huge_rm'}",
+                  "objective.value_model=policy", "output_dir=" + str(good.output_dir)))
+    after, state = _digest(last)
+    assert after == before  # not overwritten
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    failed = mlflow.tracking.MlflowClient(good.tracking_uri).search_runs(
+        [_run(good).info.experiment_id], filter_string="tags.`alignx.resumed_from` != ''")
+    assert [r.info.status for r in failed] == ["FAILED"]
+
+
+def test_diverged_weights_stop_training_with_a_message(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"not finite in training step \d+; training stopped|"
+                                               r"next-token probabilities are not finite"):
+        train(_rl(tmp_path, "objective=grpo", "optim.lr=1e30", "trainer.max_steps=8"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective=ppo", "+objective.gama=0.9"], r"unknown key 'objective.gama'. Did you mean 'objective.gamma'"),
+        (["objective=grpo", "objective.group_size=1"], r"group_size must be >= 2 for objective=grpo"),
+        (["objective=grpo", "objective.loss_normalization=dapo"], r"loss_normalization='dapo' is not valid. Valid: grpo, bnpo, dr_grpo"),
+        (["objective=ppo", "objective.kl_estimator=k2"], r"Valid: k1, k3"),
+        (["objective=ppo", "trainer.max_steps=-1", "trainer.max_epochs=1"], r"set trainer.max_steps to a positive number"),
+        (["objective=rloo", "objective.precompute_ref_logps=true"], r"precompute_ref_logps is not possible for objective=rloo"),
+        (["objective=ppo", "resume=/nonexistent/run"], r"resume=/nonexistent/run: no checkpoint at"),
+    ],
+)
+def test_bad_online_config_fails_before_any_run_naming_the_key(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(_rl(tmp_path, *overrides))
+    assert not (tmp_path / "mlflow.db").exists()  # checked before any run or output exists
+    assert not (tmp_path / "job").exists()
