@@ -40,4 +40,6 @@ def register(registry: Registry) -> None:
     registry.register("adapter", "none", no_adapter)
     registry.register("adapter", "lora", lora)
     registry.register("adapter", "dora", lora)  # DoRA is LoRA with use_dora=true in its config
-    from alignx.data.presets import register as register_formats; register_formats(registry)  # noqa: E702
+    from alignx.data.presets import register as register_formats
+
+    register_formats(registry)

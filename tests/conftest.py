@@ -146,6 +146,32 @@ def sentiment_sft(tmp_path_factory: pytest.TempPathFactory):
                           f"output_dir={root}", f"outputs_root={root}"]))
 
 
+@pytest.fixture(scope="session")
+def arithmetic_sft(tmp_path_factory: pytest.TempPathFactory):
+    """300 SFT steps of model=tiny on builtin arithmetic, trained once per session: the
+    SFT-learnability check and the online-RL proofs start from it."""
+    from alignx.config import compose
+    from alignx.train import train
+
+    root = tmp_path_factory.mktemp("arithmetic_sft")
+    return train(compose(["dataset=arithmetic", "model=tiny", "trainer.max_steps=300", "tracking=none",
+                          "trainer.enable_progress_bar=false", "eval.num_prompts=64", f"output_dir={root}",
+                          f"outputs_root={root}"]))
+
+
+@pytest.fixture(scope="session")
+def sentiment_rm(tmp_path_factory: pytest.TempPathFactory):
+    """A reward model trained on sentiment pairs with 10% flipped labels (150 steps), once per session:
+    the RM proof checks its accuracy, the PPO-against-a-learned-RM proof optimises it."""
+    from alignx.config import compose
+    from alignx.train import train
+
+    root = tmp_path_factory.mktemp("sentiment_rm")
+    return train(compose(["dataset=sentiment", "tracking=none", "trainer.enable_progress_bar=false", "objective=rm",
+                          "dataset.label_noise=0.1", "trainer.max_steps=150", "data.batch_size=16", "optim.lr=1e-3",
+                          f"output_dir={root}", f"outputs_root={root}"]))
+
+
 # -- exact tensor checks for the pure-function tests ---------------------------------------------
 def t(rows):
     """A float64 tensor from (nested) lists, for hand-computed test cases."""

@@ -38,8 +38,10 @@ def test_sft_raises_gold_reward_of_samples(tmp_path, task, request):
     test_rows = load_builtin(cfg.dataset, "sft", "test", int(cfg.seed))
     before, _ = evaluate(cfg, registry, untrained, tok, SFT, test_rows)
 
-    # sentiment's run is exactly experiment=quickstart, which the preference proofs share
-    after = request.getfixturevalue("sentiment_sft").metrics if task == "sentiment" else train(cfg).metrics
+    # sentiment's run is exactly experiment=quickstart, which the preference proofs share; arithmetic's
+    # is this cfg, shared with the online-RL proofs (conftest)
+    shared = {"sentiment": "sentiment_sft", "arithmetic": "arithmetic_sft"}
+    after = request.getfixturevalue(shared[task]).metrics if task in shared else train(cfg).metrics
     gain = after["eval/gold_reward_sampled"] - before["eval/gold_reward_sampled"]
     print(task, "before", before, "after", {k: v for k, v in after.items() if k.startswith("eval/")})
     assert gain >= MIN_GAIN[task], (before, after)

@@ -58,9 +58,8 @@ def test_sft_then_kto_from_unpaired_rows_raises_gold_reward(sft, tmp_path):
 
 
 @pytest.mark.slow
-def test_reward_model_with_10pct_label_noise_ranks_clean_held_out_pairs_well_above_chance(tmp_path):
-    job = train(compose([*COMMON, "objective=rm", "dataset.label_noise=0.1", "trainer.max_steps=150", "data.batch_size=16", "optim.lr=1e-3",
-                         f"output_dir={tmp_path / 'rm'}", f"outputs_root={tmp_path}"]))
+def test_reward_model_with_10pct_label_noise_ranks_clean_held_out_pairs_well_above_chance(sentiment_rm):
+    job = sentiment_rm  # objective=rm, dataset.label_noise=0.1, 150 steps (conftest; PPO's proof optimises it)
     # held-out: test-split prompts (disjoint from training), labels straight from the gold reward
     pairs = BUILTIN_TASKS["sentiment"]().rows("pairs", "test", 128, seed=1, label_noise=0.0)
     scorer = RewardModelScorer(job.model_dir)  # the saved model, as a later stage would load it
