@@ -39,6 +39,8 @@ def test_every_option_composes_and_validates(group, option):
 @pytest.mark.parametrize("experiment", GROUPS["experiment"])
 def test_experiment_presets_compose(experiment):
     cfg = compose([f"experiment={experiment}"])
+    if OmegaConf.is_missing(cfg.model, "name_or_path"):  # presets that start from the user's model (rlhf_*)
+        cfg = compose([f"experiment={experiment}", "model.name_or_path=/path/to/sft/model"])
     validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)
 

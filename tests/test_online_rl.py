@@ -318,3 +318,11 @@ def test_bad_online_config_fails_before_any_run_naming_the_key(tmp_path, overrid
         train(_rl(tmp_path, *overrides))
     assert not (tmp_path / "mlflow.db").exists()  # checked before any run or output exists
     assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize("preset", ["rlhf_ppo", "rlhf_grpo"])
+def test_rl_presets_compose_with_an_sft_model_path(preset):
+    cfg = compose([f"experiment={preset}", "model.name_or_path=/some/sft/model"])
+    assert cfg.objective.name == preset.split("_")[1] and cfg.model.kind == "hf"
+    assert cfg.scheduler._target_.endswith("get_linear_schedule_with_warmup") and cfg.scheduler.num_warmup_steps == 0
+    assert cfg.optim.eps == 1e-5 and cfg.checkpoint.every_n_steps == 10

@@ -147,6 +147,7 @@ class OnlineObjective(ReferenceObjective):
         self.reward: Any = None
         self.gradient_clip_val: float | None = None
         self.step_metrics: dict[str, float] = {}
+        self._generation_s = 0.0
 
     def opt(self, key: str) -> Any:
         """The objective's config value for ``key``; the class default when absent or null."""
@@ -375,8 +376,11 @@ class OnlineObjective(ReferenceObjective):
                 else:
                     opt.step()
         # before the checkpoint callback runs: a non-finite update is never saved over a good checkpoint
-        check_finite("the weights after this step's updates", _all_finite(self.trainable_parameters()), step,
-                     self._checkpoint_hint())
+        if not _all_finite(self.trainable_parameters()):
+            raise TrainingDiverged(
+                f"the weights are not finite after the updates of training step {step + 1}; training stopped."
+                f"{self._checkpoint_hint()}"
+            )
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -434,10 +438,10 @@ class OnlineObjective(ReferenceObjective):
         return " No checkpoint was saved (set checkpoint.every_n_steps to keep some); lower optim.lr and retry."
 
 
-def _all_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """One boolean tensor: every parameter entry is finite (one device sync for all of them)."""
+def _all_finite(params: list[torch.nn.Parameter]) -> bool:
+    """Whether every parameter entry is finite (one device sync for all of them)."""
     flags = [torch.isfinite(p.detach()).all() for p in params]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _no_closure() -> None:
