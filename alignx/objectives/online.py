@@ -130,6 +130,7 @@ class OnlineObjective(ReferenceObjective):
         self.check_values(cfg)
         super().__init__(model, tokenizer, cfg, **kwargs)
         self.automatic_optimization = False
+        self.beta = float(self.opt("beta"))
         self.max_new_tokens = int(self.opt("max_new_tokens"))
         self.temperature = float(self.opt("temperature"))
         self.top_k, self.top_p = int(self.opt("top_k")), float(self.opt("top_p"))
