@@ -30,10 +30,15 @@ def _hydra_train(argv: Sequence[str]) -> int:
 
     register_search_path()
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    from hydra.errors import OverrideParseException
+
     try:
         check_override_keys(overrides)
     except AlignxError as exc:
         _print_error(str(exc))
+        return 2
+    except OverrideParseException as exc:
+        _print_error(f"{str(exc).splitlines()[0]} (quote values holding '=' or spaces, e.g. '[\"objective=sft\"]')")
         return 2
 
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
@@ -50,7 +55,12 @@ def _hydra_train(argv: Sequence[str]) -> int:
         for handler in list(pl_logger.handlers):
             pl_logger.removeHandler(handler)
         try:
-            job = train(cfg)
+            if cfg.get("pipeline"):
+                from alignx.pipeline import run_pipeline
+
+                job = run_pipeline(cfg, list(HydraConfig.get().overrides.task))
+            else:
+                job = train(cfg)
             if job.rank_zero:
                 _print_summary(job)
             # What a sweeper optimises (Optuna): the job's value of `optimized_metric`, or a list

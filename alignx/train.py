@@ -38,6 +38,8 @@ class Job:
     tracking_errors: list[str] = field(default_factory=list)
     #: False in the extra processes of a data-parallel job, which neither track nor write outputs
     rank_zero: bool = True
+    #: a pipeline's stages by name (see alignx.pipeline); empty for a single-stage job
+    stages: dict[str, Any] = field(default_factory=dict)
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -415,12 +417,21 @@ def _abs_if_local(name: str) -> str:
 # -- the job ---------------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
+def train(
+    cfg: DictConfig,
+    overrides: Sequence[str] | None = None,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> Job:
     """Run one training job described by a composed ``train`` config; return what it produced.
 
     Everything that can be checked before work starts (config keys, plugin names, every data
     row) is checked before the MLflow run is created. Once it exists, the run ends FINISHED
     only if training, evaluation and saving all succeeded, and FAILED (or KILLED) otherwise.
+    ``parent_run_id`` nests the run (a pipeline's stage under its job); else a sweep job nests
+    under its sweep's parent run.
     """
     import lightning as L
 
@@ -470,7 +481,12 @@ def train(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
 
     rank_zero = _is_rank_zero()
     if rank_zero:
-        parent_run_id, job_name, job_tags = sweep_job(overrides)
+        if parent_run_id is None:
+            parent_run_id, job_name, job_tags = sweep_job(overrides)
+        else:
+            job_name, job_tags = None, {}
+        job_name = run_name or job_name
+        job_tags = {**job_tags, **(extra_tags or {})}
         if resume_from:
             job_tags = {**job_tags, "alignx.resumed_from": str(resume_from)}
         tracker = start_tracking(

@@ -1,0 +1,322 @@
+"""Multi-stage pipelines as one job: SFT -> RM -> PPO, SFT -> DPO, ... with a stage cache.
+
+A pipeline is the ``pipeline`` config node (set by an ``experiment=`` preset)::
+
+    pipeline:
+      name: sft_dpo
+      stages:
+        - name: sft
+          overrides: [objective=sft, trainer.max_steps=300]
+        - name: dpo
+          overrides: [objective=dpo, model=hf, model.name_or_path=stage:sft, optim.lr=1e-4]
+      cache: true      # reuse a finished stage with the same resolved config and inputs
+      force: false     # retrain every stage (and refresh the cache)
+      beta: 0.1        # any other key is a variable stages read as ${pipeline.beta}
+
+
+Each stage is an ordinary ``train`` job composed from the job's own overrides plus the stage's,
+run as a nested MLflow run under the job's run. ``stage:<name>`` in a stage override is the
+saved model of an earlier stage; a path or an MLflow ``runs:/<run_id>/<artifact>`` URI starts a
+stage from another run's output.
+
+The cache lives in ``<outputs_root>/cache/stages/<key>.json``; the key hashes the stage's
+resolved config (minus where outputs and runs go) and its inputs: an earlier stage by *its*
+key, an external model directory by its files. A per-key file lock makes parallel jobs that
+share a stage train it once (the others wait, then hit); the entry is written atomically only
+after the stage finished, so nobody reads a half-written stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from alignx.errors import ConfigError
+
+log = logging.getLogger("alignx")
+
+STAGE_REF = "stage:"
+#: config keys that say where things go, not what is computed: left out of the stage key
+NOT_IN_KEY = ("output_dir", "outputs_root", "tracking", "hydra", "pipeline", "resume")
+NOT_IN_KEY_TRAINER = ("enable_progress_bar", "log_every_n_steps")
+CACHE_VERSION = 1
+
+
+@dataclass
+class StageResult:
+    """One stage of a pipeline: where its model is, its metrics, whether it came from the cache."""
+
+    name: str
+    key: str
+    model_dir: Path | None
+    output_dir: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    cache_hit: bool = False
+    source_run_id: str | None = None
+
+
+def stage_specs(cfg: DictConfig) -> list[dict]:
+    """The pipeline's stages as ``[{name, overrides}]``, checked (names unique, references backwards)."""
+    node = cfg.get("pipeline")
+    # resolved against the whole config: stages read pipeline variables (${pipeline.beta}), which
+    # sweeps then vary like any key
+    stages = OmegaConf.to_container(node.stages, resolve=True) if node is not None and "stages" in node else None
+    if not stages:
+        raise ConfigError("pipeline.stages is empty: list the stages, e.g. [{name: sft, overrides: [objective=sft]}]")
+    seen: list[str] = []
+    out = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, Mapping) or not stage.get("name"):
+            raise ConfigError(f"pipeline.stages[{i}] must be a mapping with a 'name' and 'overrides', got {stage!r}")
+        name = str(stage["name"])
+        if name in seen:
+            raise ConfigError(f"pipeline.stages[{i}]: stage name '{name}' is used twice")
+        extra = set(stage) - {"name", "overrides"}
+        if extra:
+            raise ConfigError(f"pipeline.stages[{i}] ('{name}'): unknown keys {sorted(extra)}. Valid keys: name, overrides")
+        overrides = [str(o) for o in (stage.get("overrides") or [])]
+        for o in overrides:
+            ref = _stage_ref(o)
+            if ref is not None and ref not in seen:
+                raise ConfigError(
+                    f"pipeline.stages[{i}] ('{name}'): '{o}' refers to stage '{ref}', which does not run before it. "
+                    f"Earlier stages: {', '.join(seen) or 'none'}"
+                )
+        seen.append(name)
+        out.append({"name": name, "overrides": overrides})
+    return out
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _stage_ref(override: str) -> str | None:
+    value = override.split("=", 1)[1] if "=" in override else ""
+    return value[len(STAGE_REF):].split("/")[0] if value.startswith(STAGE_REF) else None
+
+
+def compose_stage(overrides: Sequence[str]) -> DictConfig:
+    """Compose a stage's train config: inside the running Hydra app with its search path, else in-process."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra import compose
+
+        from alignx.config import PRIMARY_CONFIG
+
+        return compose(config_name=PRIMARY_CONFIG, overrides=list(overrides))
+    from alignx.config import compose as alignx_compose
+
+    return alignx_compose(list(overrides))
+
+
+def resolve_model_reference(value: str, tracking_uri: str | None, download_dir: Path) -> str:
+    """A model given as an MLflow ``runs:/<run_id>/<path>`` URI -> a local directory; anything else unchanged."""
+    if not value.startswith("runs:/"):
+        return value
+    import mlflow
+
+    download_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=value, dst_path=str(download_dir), tracking_uri=tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - any failure is an unreachable or wrong URI
+        raise ConfigError(f"cannot fetch '{value}' from MLflow ({tracking_uri}): {str(exc).splitlines()[0]}") from None
+
+
+def directory_fingerprint(path: Path) -> str:
+    """Files, sizes and modification times under ``path``: changes when a model is rewritten."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def stage_key(cfg: DictConfig, inputs: Mapping[str, str]) -> str:
+    """The cache key of a stage: its resolved config (minus output locations) and its inputs' identities."""
+    import alignx
+
+    node = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_IN_KEY:
+        node.pop(key, None)
+    for key in NOT_IN_KEY_TRAINER:
+        node.get("trainer", {}).pop(key, None)
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, getattr(alignx, "__version__", ""), node, dict(sorted(inputs.items()))],
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+class StageCache:
+    """``<root>/<key>.json`` records of finished stages, guarded by per-key file locks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def lock(self, key: str) -> Any:
+        from alignx.data.cache import file_lock
+
+        return file_lock(self.root / f"{key}.lock")
+
+    def lookup(self, key: str) -> dict | None:
+        entry = self.root / f"{key}.json"
+        if not entry.is_file():
+            return None
+        record = json.loads(entry.read_text())
+        model_dir = record.get("model_dir")
+        if model_dir and not Path(model_dir).is_dir():
+            log.warning("stage cache %s points at %s, which is gone: recomputing", key[:12], model_dir)
+            return None
+        return record
+
+    def store(self, key: str, record: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = self.root / f"{key}.json"
+        tmp = entry.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, entry)
+
+
+def run_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> Any:
+    """Run every stage of ``cfg.pipeline`` in order under one MLflow run; returns the job's :class:`~alignx.train.Job`.
+
+    ``overrides`` are the job's own (command line) overrides; each stage is composed from them
+    plus its stage overrides, so ``dataset=...`` or ``model=...`` on the command line apply to
+    every stage that does not set them itself.
+    """
+    from alignx.config import validate
+    from alignx.train import Job, resolve_paths, start_tracking, sweep_job
+
+    t0 = time.time()
+    validate(cfg)
+    specs = stage_specs(cfg)
+    output_dir, outputs_root = resolve_paths(cfg)
+    node = cfg.pipeline
+    use_cache = bool(node.get("cache", True))
+    force = bool(node.get("force", False))
+    cache = StageCache(outputs_root / "cache" / "stages")
+    name = str(node.get("name") or "pipeline")
+    base = [o for o in overrides if not _key(o).startswith(("pipeline", "output_dir", "hydra"))]
+
+    parent_run_id, job_name, job_tags = sweep_job(list(overrides))
+    tracker = start_tracking(cfg, outputs_root, list(overrides), run_name=job_name or f"pipeline {name}",
+                             extra_tags={**job_tags, "alignx.pipeline": name,
+                                         "alignx.stages": " -> ".join(s["name"] for s in specs)},
+                             parent_run_id=parent_run_id)
+    job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri)
+    results: dict[str, StageResult] = {}
+    try:
+        tracker.log_text(OmegaConf.to_yaml(cfg.pipeline), "config/pipeline.yaml")
+        for spec in specs:
+            result = _run_stage(spec, base, results, output_dir, outputs_root, tracker, cache, use_cache, force)
+            results[spec["name"]] = result
+            prefixed = {f"{spec['name']}/{k}": v for k, v in result.metrics.items()}
+            job.metrics.update(prefixed)
+            tracker.log_metrics({k: v for k, v in prefixed.items() if k.split("/", 1)[1].startswith("eval/")}, step=0)
+            job.samples = []
+        last = results[specs[-1]["name"]]
+        job.metrics.update(last.metrics)  # the pipeline's result is its last stage's (optimized_metric etc.)
+        job.model_dir = last.model_dir
+        job.metrics["pipeline/cache_hits"] = float(sum(r.cache_hit for r in results.values()))
+        job.metrics["time/total_s"] = time.time() - t0
+        tracker.log_metrics({"pipeline/cache_hits": job.metrics["pipeline/cache_hits"],
+                             "time/total_s": job.metrics["time/total_s"]}, step=0)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    job.stages = results
+    return job
+
+
+def _run_stage(
+    spec: dict, base: Sequence[str], done: Mapping[str, StageResult], output_dir: Path, outputs_root: Path,
+    tracker: Any, cache: StageCache, use_cache: bool, force: bool,
+) -> StageResult:
+    from alignx.train import train
+
+    stage = spec["name"]
+    inputs: dict[str, str] = {}
+    resolved: list[str] = []
+    for o in spec["overrides"]:
+        ref = _stage_ref(o)
+        if ref is not None:
+            key, value = o.split("=", 1)
+            earlier = done[ref]
+            if earlier.model_dir is None:
+                raise ConfigError(f"stage '{stage}' needs stage '{ref}''s saved model, but '{ref}' saved none (save.model=false?)")
+            rest = value[len(STAGE_REF) + len(ref):].lstrip("/")
+            resolved.append(f"{key}={earlier.model_dir / rest if rest else earlier.model_dir}")
+            inputs[key] = f"stage:{earlier.key}"
+        else:
+            resolved.append(o)
+    stage_dir = output_dir / stage
+    own = {_key(o) for o in resolved}
+    # the stage's own value of a key wins, and a group it picks drops the job's settings inside the
+    # job's choice of that group (model=hf replaces model=tiny, model.hidden_size=32 included)
+    inherited = [o for o in base if _key(o) not in own and not any(_key(o).startswith(k + ".") for k in own)]
+    cfg = compose_stage([*inherited, *resolved, "pipeline=null", f"output_dir={stage_dir}", f"outputs_root={outputs_root}"])
+    path = cfg.model.get("name_or_path") if "model" in cfg else None
+    if path and "model.name_or_path" not in inputs:
+        local = resolve_model_reference(str(path), tracker.uri, output_dir / "inputs" / stage)
+        if local != str(path):
+            cfg.model.name_or_path = local
+            inputs["model.name_or_path"] = str(path)  # a run's artifact is immutable: its URI identifies it
+        elif Path(local).expanduser().is_dir():
+            inputs["model.name_or_path"] = directory_fingerprint(Path(local).expanduser())
+    key = stage_key(cfg, inputs)
+    tags = {"alignx.stage": stage, "alignx.stage_key": key}
+    if not use_cache:
+        return _train_stage(train, cfg, stage, key, tracker, tags, None)
+    with cache.lock(key):
+        record = None if force else cache.lookup(key)
+        if record is not None:
+            log.info("stage cache hit: '%s' reuses %s (run %s)", stage, record["output_dir"], record.get("run_id"))
+            return _replay_hit(cfg, stage, key, record, tracker, tags)
+        if force:
+            log.info("stage '%s': pipeline.force=true, retraining", stage)
+        result = _train_stage(train, cfg, stage, key, tracker, {**tags, "alignx.stage_cache": "miss"}, cache)
+        return result
+
+
+def _train_stage(train: Any, cfg: DictConfig, stage: str, key: str, tracker: Any, tags: dict, cache: StageCache | None) -> StageResult:
+    job = train(cfg, overrides=[f"stage={stage}"], parent_run_id=tracker.run_id, run_name=f"stage {stage}",
+                extra_tags=tags)
+    result = StageResult(stage, key, job.model_dir, job.output_dir, dict(job.metrics), job.run_id)
+    if cache is not None:
+        cache.store(key, {"stage": stage, "output_dir": str(job.output_dir),
+                          "model_dir": str(job.model_dir) if job.model_dir else None,
+                          "metrics": result.metrics, "run_id": job.run_id, "tracking_uri": job.tracking_uri,
+                          "finished": time.time()})
+    return result
+
+
+def _replay_hit(cfg: DictConfig, stage: str, key: str, record: dict, tracker: Any, tags: dict) -> StageResult:
+    """A cache hit still appears as a (quick) nested run, tagged, with the cached stage's metrics."""
+    from alignx.train import start_tracking
+
+    outputs_root = Path(str(cfg.outputs_root))
+    hit = start_tracking(cfg, outputs_root, [f"stage={stage}"], run_name=f"stage {stage} (cached)",
+                         extra_tags={**tags, "alignx.stage_cache": "hit",
+                                     "alignx.stage_cache_source_run": str(record.get("run_id"))},
+                         parent_run_id=tracker.run_id)
+    try:
+        hit.log_metrics({k: float(v) for k, v in record.get("metrics", {}).items()}, step=0)
+    finally:
+        hit.finish("FINISHED")
+    model_dir = Path(record["model_dir"]) if record.get("model_dir") else None
+    return StageResult(stage, key, model_dir, Path(record["output_dir"]), dict(record.get("metrics", {})),
+                       hit.run_id, cache_hit=True, source_run_id=record.get("run_id"))
