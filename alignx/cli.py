@@ -99,6 +99,16 @@ def _print_summary(job) -> None:
     from alignx.tracking import ui_command
 
     console = Console()
+    if job.stages:
+        stages = Table(title="alignx: pipeline stages", show_header=True)
+        for col in ("stage", "cache", "gold reward (sampled)", "KL to reference"):
+            stages.add_column(col)
+        for name, st in job.stages.items():
+            m = st.metrics
+            fmt = lambda k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
+            stages.add_row(name, "hit" if st.cache_hit else "trained", fmt("eval/gold_reward_sampled"),
+                           fmt("eval/kl_to_reference"))
+        console.print(stages)
     table = Table(title="alignx: results", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
