@@ -94,6 +94,7 @@ class EvalSchema:
     top_p: float = 1.0
     num_logged_samples: int = 16
     reward_model: Optional[str] = None
+    best_of_n: int = 1
 
 
 @dataclass

@@ -119,6 +119,23 @@ def kl_to_reference(
     return float((policy - ref_lp).mean()) if policy.numel() else float("nan")
 
 
+def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) -> float:
+    """Share of prompts where the policy's completion scores higher than the reference's; a tie counts half."""
+    if len(policy_scores) != len(reference_scores):
+        raise ValueError(f"one reference score per policy score expected, got {len(reference_scores)} and {len(policy_scores)}")
+    if not policy_scores:
+        return float("nan")
+    wins = sum(1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(policy_scores, reference_scores))
+    return wins / len(policy_scores)
+
+
+def best_of_n(scores: Sequence[float], n: int) -> list[float]:
+    """The best of each consecutive group of ``n`` scores (``n`` samples per prompt, in prompt order)."""
+    if n < 1 or len(scores) % n:
+        raise ValueError(f"{len(scores)} scores are not whole groups of n={n}")
+    return [max(scores[i : i + n]) for i in range(0, len(scores), n)]
+
+
 def evaluate_policy(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -135,7 +152,9 @@ def evaluate_policy(
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
     With ``reference``, also ``eval/kl_to_reference`` on the sampled completions (see
-    :func:`kl_to_reference`); each of ``reward_models`` (name -> reward function, e.g. a
+    :func:`kl_to_reference`) and ``eval/win_rate``: how often the policy's sample beats the
+    reference policy's sample for the same prompt by the gold reward (``eval/win_rate_<rm>`` by
+    each reward model); ``cfg.best_of_n`` > 1 adds ``eval/gold_reward_best_of_<n>``; each of ``reward_models`` (name -> reward function, e.g. a
     :class:`~alignx.rewards.model.RewardModelScorer`) adds ``eval/<name>_reward_greedy|sampled``,
     the learned (proxy) reward next to the gold one. ``samples`` is a table (list of row dicts)
     of prompts, completions and their gold reward, for logging as an artifact.
@@ -166,14 +185,31 @@ def evaluate_policy(
         if reward_fn:
             metrics["eval/gold_reward_greedy"] = sum(g_scores) / len(g_scores)
             metrics["eval/gold_reward_sampled"] = sum(s_scores) / len(s_scores)
+        ref_sampled: list[str] | None = None
         if reference is not None:
             metrics["eval/kl_to_reference"] = kl_to_reference(
                 model, reference, tokenizer, prompts, sampled, prompt_is_templated=prompt_is_templated
             )
+            # win rate against the reference policy: its own samples for the same prompts, same seed
+            with reference() as ref:
+                ref_sampled = generate(ref, tokenizer, prompts, temperature=float(cfg["temperature"]),
+                                       top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]), **gen)
+            if reward_fn:
+                metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(prompts, ref_sampled)))
         for name, fn in (reward_models or {}).items():
             kw = {"prompt_is_templated": prompt_is_templated} if hasattr(fn, "encode") else {}
             metrics[f"eval/{name}_reward_greedy"] = _mean(fn(prompts, greedy, **kw))
-            metrics[f"eval/{name}_reward_sampled"] = _mean(fn(prompts, sampled, **kw))
+            rm_sampled = list(fn(prompts, sampled, **kw))
+            metrics[f"eval/{name}_reward_sampled"] = _mean(rm_sampled)
+            if ref_sampled is not None:
+                metrics[f"eval/win_rate_{name}"] = win_rate(rm_sampled, list(fn(prompts, ref_sampled, **kw)))
+        n = int(cfg.get("best_of_n", 1) or 1)
+        if n > 1 and reward_fn:
+            # inference-time alignment: sample n per prompt, keep the best by the gold reward
+            many = [p for p in prompts for _ in range(n)]
+            samples_n = generate(model, tokenizer, many, temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"]),
+                                 top_p=float(cfg["top_p"]), **{**gen, "seed": seed + 1})
+            metrics[f"eval/gold_reward_best_of_{n}"] = _mean(best_of_n(list(reward_fn(many, samples_n)), n))
         n_log = int(cfg.get("num_logged_samples", 16))
         for p, g, gs, s, ss in list(zip(prompts, greedy, g_scores, sampled, s_scores))[:n_log]:
             samples.append({"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss})
