@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(BIN)/alignx experiment=quickstart $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests plugins $(ARGS)
+	$(BIN)/python -m pytest tests plugins --durations=25 $(ARGS)
 
 clean:
 	rm -rf outputs/runs outputs/sweeps outputs/mlflow.db outputs/mlartifacts outputs/cache

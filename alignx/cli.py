@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Sequence
 
-SUBCOMMANDS = ("train", "plugins", "compare")
+SUBCOMMANDS = ("train", "plugins", "compare", "eval")
 log = logging.getLogger("alignx")
 
 
@@ -199,6 +199,42 @@ def _compare(argv: Sequence[str]) -> int:
     return 0
 
 
+def _eval(argv: Sequence[str]) -> int:
+    import argparse
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from alignx.errors import AlignxError
+
+    parser = argparse.ArgumentParser(
+        prog="alignx eval",
+        description="The evaluation suite on a saved model: gold reward, win rate and KL against a reference, "
+        "learned-RM score, best-of-N, perplexity; RM accuracy for a reward model. Logged as an MLflow run.",
+    )
+    parser.add_argument("model", help="a saved model directory (e.g. outputs/.../model) or runs:/<run_id>/model")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=arithmetic eval.best_of_n=4 eval.reward_model=<rm dir>")
+    parser.add_argument("--reference", help="the reference policy (directory or runs:/ URI) for KL and win rate, e.g. the SFT model")
+    parser.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
+    args = parser.parse_intermixed_args(list(argv))
+    from alignx.evaluation import evaluate_model
+
+    try:
+        metrics, _, run_id = evaluate_model(args.model, args.overrides, reference=args.reference, track=not args.no_track)
+    except AlignxError as exc:
+        _print_error(str(exc))
+        return 2
+    table = Table(title=f"alignx eval: {args.model}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        table.add_row(key, f"{metrics[key]:.4f}")
+    Console().print(table)
+    if run_id:
+        print(f"MLflow run:  {run_id}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alignx`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -206,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plugins(argv[1:])
     if argv and argv[0] == "compare":
         return _compare(argv[1:])
+    if argv and argv[0] == "eval":
+        return _eval(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return _hydra_train(argv)

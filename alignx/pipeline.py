@@ -48,6 +48,10 @@ STAGE_REF = "stage:"
 NOT_IN_KEY = ("output_dir", "outputs_root", "tracking", "hydra", "pipeline", "resume")
 NOT_IN_KEY_TRAINER = ("enable_progress_bar", "log_every_n_steps")
 CACHE_VERSION = 1
+#: a stage trains a model (``train``) or makes data from one (see alignx.datagen)
+STAGE_KINDS = ("train", "rlaif", "raft")
+DATA_OPTIONS = ("num_samples", "num_prompts", "min_margin", "min_score")
+STAGE_KEYS = {"name", "overrides", "kind", *DATA_OPTIONS}
 
 
 @dataclass
@@ -80,9 +84,14 @@ def stage_specs(cfg: DictConfig) -> list[dict]:
         name = str(stage["name"])
         if name in seen:
             raise ConfigError(f"pipeline.stages[{i}]: stage name '{name}' is used twice")
-        extra = set(stage) - {"name", "overrides"}
+        extra = set(stage) - STAGE_KEYS
         if extra:
-            raise ConfigError(f"pipeline.stages[{i}] ('{name}'): unknown keys {sorted(extra)}. Valid keys: name, overrides")
+            raise ConfigError(
+                f"pipeline.stages[{i}] ('{name}'): unknown keys {sorted(extra)}. Valid keys: {', '.join(sorted(STAGE_KEYS))}"
+            )
+        kind = str(stage.get("kind", "train"))
+        if kind not in STAGE_KINDS:
+            raise ConfigError(f"pipeline.stages[{i}] ('{name}'): kind '{kind}' is not valid. Valid: {', '.join(STAGE_KINDS)}")
         overrides = [str(o) for o in (stage.get("overrides") or [])]
         for o in overrides:
             ref = _stage_ref(o)
@@ -92,7 +101,8 @@ def stage_specs(cfg: DictConfig) -> list[dict]:
                     f"Earlier stages: {', '.join(seen) or 'none'}"
                 )
         seen.append(name)
-        out.append({"name": name, "overrides": overrides})
+        options = {k: stage[k] for k in DATA_OPTIONS if k in stage}
+        out.append({"name": name, "overrides": overrides, "kind": kind, "options": options})
     return out
 
 
@@ -142,6 +152,11 @@ def directory_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def stage_key(cfg: DictConfig, inputs: Mapping[str, str]) -> str:
     """The cache key of a stage: its resolved config (minus output locations) and its inputs' identities."""
     import alignx
@@ -174,7 +189,7 @@ class StageCache:
             return None
         record = json.loads(entry.read_text())
         model_dir = record.get("model_dir")
-        if model_dir and not Path(model_dir).is_dir():
+        if model_dir and not Path(model_dir).exists():
             log.warning("stage cache %s points at %s, which is gone: recomputing", key[:12], model_dir)
             return None
         return record
@@ -258,9 +273,10 @@ def _run_stage(
             earlier = done[ref]
             if earlier.model_dir is None:
                 raise ConfigError(f"stage '{stage}' needs stage '{ref}''s saved model, but '{ref}' saved none (save.model=false?)")
+            # a model directory or a data stage's rows file; an earlier stage counts by its key
             rest = value[len(STAGE_REF) + len(ref):].lstrip("/")
             resolved.append(f"{key}={earlier.model_dir / rest if rest else earlier.model_dir}")
-            inputs[key] = f"stage:{earlier.key}"
+            inputs[key] = f"stage:{earlier.key}{'/' + rest if rest else ''}"
         else:
             resolved.append(o)
     stage_dir = output_dir / stage
@@ -277,10 +293,17 @@ def _run_stage(
             inputs["model.name_or_path"] = str(path)  # a run's artifact is immutable: its URI identifies it
         elif Path(local).expanduser().is_dir():
             inputs["model.name_or_path"] = directory_fingerprint(Path(local).expanduser())
+    if spec["kind"] != "train":
+        inputs["stage.kind"] = json.dumps([spec["kind"], spec["options"]], sort_keys=True)
+    data_path = cfg.dataset.get("path") if "dataset" in cfg else None
+    if data_path and "dataset.path" not in inputs and Path(str(data_path)).expanduser().exists():
+        p = Path(str(data_path)).expanduser()
+        inputs["dataset.path"] = directory_fingerprint(p) if p.is_dir() else _file_fingerprint(p)
     key = stage_key(cfg, inputs)
-    tags = {"alignx.stage": stage, "alignx.stage_key": key}
+    tags = {"alignx.stage": stage, "alignx.stage_key": key, "alignx.stage_kind": spec["kind"]}
+    run = _train_stage if spec["kind"] == "train" else _data_stage
     if not use_cache:
-        return _train_stage(train, cfg, stage, key, tracker, tags, None)
+        return run(train, cfg, spec, key, tracker, tags, None)
     with cache.lock(key):
         record = None if force else cache.lookup(key)
         if record is not None:
@@ -288,20 +311,48 @@ def _run_stage(
             return _replay_hit(cfg, stage, key, record, tracker, tags)
         if force:
             log.info("stage '%s': pipeline.force=true, retraining", stage)
-        result = _train_stage(train, cfg, stage, key, tracker, {**tags, "alignx.stage_cache": "miss"}, cache)
-        return result
+        return run(train, cfg, spec, key, tracker, {**tags, "alignx.stage_cache": "miss"}, cache)
 
 
-def _train_stage(train: Any, cfg: DictConfig, stage: str, key: str, tracker: Any, tags: dict, cache: StageCache | None) -> StageResult:
+def _train_stage(train: Any, cfg: DictConfig, spec: dict, key: str, tracker: Any, tags: dict,
+                 cache: StageCache | None) -> StageResult:
+    stage = spec["name"]
     job = train(cfg, overrides=[f"stage={stage}"], parent_run_id=tracker.run_id, run_name=f"stage {stage}",
                 extra_tags=tags)
     result = StageResult(stage, key, job.model_dir, job.output_dir, dict(job.metrics), job.run_id)
-    if cache is not None:
-        cache.store(key, {"stage": stage, "output_dir": str(job.output_dir),
-                          "model_dir": str(job.model_dir) if job.model_dir else None,
-                          "metrics": result.metrics, "run_id": job.run_id, "tracking_uri": job.tracking_uri,
-                          "finished": time.time()})
+    _record(cache, key, result, job.tracking_uri)
     return result
+
+
+def _data_stage(train: Any, cfg: DictConfig, spec: dict, key: str, tracker: Any, tags: dict,
+                cache: StageCache | None) -> StageResult:
+    """A stage that samples from a model and writes rows (RLAIF pairs, RAFT demonstrations)."""
+    from alignx.datagen import generate_dataset
+    from alignx.train import start_tracking
+
+    stage = spec["name"]
+    out_dir = Path(str(cfg.output_dir))
+    run = start_tracking(cfg, Path(str(cfg.outputs_root)), [f"stage={stage}"], run_name=f"stage {stage} ({spec['kind']})",
+                         extra_tags=tags, parent_run_id=tracker.run_id)
+    try:
+        path, metrics = generate_dataset(cfg, spec["kind"], spec["options"], out_dir / "data.jsonl")
+        run.log_metrics(metrics, step=0)
+        run.log_artifact(path, "data")
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish("FINISHED")
+    result = StageResult(stage, key, path, out_dir, metrics, run.run_id)
+    _record(cache, key, result, run.uri)
+    return result
+
+
+def _record(cache: StageCache | None, key: str, result: StageResult, uri: str | None) -> None:
+    if cache is not None:
+        cache.store(key, {"stage": result.name, "output_dir": str(result.output_dir),
+                          "model_dir": str(result.model_dir) if result.model_dir else None,
+                          "metrics": result.metrics, "run_id": result.run_id, "tracking_uri": uri,
+                          "finished": time.time()})
 
 
 def _replay_hit(cfg: DictConfig, stage: str, key: str, record: dict, tracker: Any, tags: dict) -> StageResult:

@@ -96,7 +96,11 @@ def load_rows(cfg: DictConfig, registry: Registry, kind: str, test_kind: str | N
     with collect_invalid_rows(str(cfg.data.get("invalid_rows", "error"))) as invalid:
         for split, split_kind in kinds.items():
             invalid.split = split
-            loaded = loader(cfg.dataset, split_kind, split, seed) if split_kind else []
+            dataset = cfg.dataset
+            if split == "test" and cfg.dataset.get("label_noise"):
+                # held-out evaluation compares with the truth: builtin tasks' test labels stay noise-free
+                dataset = OmegaConf.merge(cfg.dataset, {"label_noise": 0.0})
+            loaded = loader(dataset, split_kind, split, seed) if split_kind else []
             rows[split] = SplitRows(
                 loaded, locations=getattr(loaded, "locations", None), split=split, invalid_dropped=invalid.count(split)
             )
@@ -313,16 +317,28 @@ def total_optimizer_steps(cfg: DictConfig, n_batches: int) -> int:
 
 
 def evaluate(
-    cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, objective: Any, test_rows: list[dict]
+    cfg: DictConfig, registry: Registry, model: Any, tokenizer: Any, objective: Any, test_rows: list[dict],
+    *, reference: Any = None,
 ) -> tuple[dict, list]:
     """Gold reward (when the dataset names a task), perplexity and, for objectives with a
-    reference policy, the KL from it, on held-out rows."""
+    reference policy (or an explicit ``reference`` context-manager factory), the KL from it and
+    the win rate against it, on held-out rows; a reward model's ranking accuracy on held-out pairs."""
     from alignx.data.tokenize import prompt_is_templated, prompt_text
     from alignx.evaluation import evaluate_policy, reference_rows
     from alignx.objectives.sft import SFT
 
-    test_rows = reference_rows(test_rows)
     if not cfg.eval.enabled or not test_rows:
+        return {}, []
+    if getattr(objective, "eval_kind", None) == "pairs" and not getattr(objective, "generates_text", True):
+        # a reward model: how often it ranks held-out chosen completions above rejected ones
+        from alignx.evaluation import pair_accuracy
+        from alignx.rewards.model import RewardModelScorer
+
+        rows = [r for r in test_rows if isinstance(r.get("prompt"), str)][: int(cfg.eval.num_prompts)]
+        scorer = RewardModelScorer.from_model(model, tokenizer, batch_size=int(cfg.data.eval_batch_size))
+        return ({"eval/rm_accuracy": pair_accuracy(scorer, rows)} if rows else {}), []
+    test_rows = reference_rows(test_rows)
+    if not test_rows:
         return {}, []
     task = cfg.dataset.get("task")
     reward_fn = registry.get("reward", str(task)) if task and ("reward", str(task)) in registry else None
@@ -344,7 +360,7 @@ def evaluate(
         ppl_batches=batches,
         seed=int(cfg.seed),
         prompt_is_templated=templated,
-        reference=_eval_reference(cfg, registry, objective),
+        reference=reference if reference is not None else _eval_reference(cfg, registry, objective),
         reward_models=_eval_reward_models(cfg),
     )
 
@@ -454,7 +470,7 @@ def train(
     # Evaluation reads held-out demonstrations where a builtin task has them (so perplexity is
     # comparable across objectives), else held-out rows of the trained kind: a pairs-only file
     # has no sft rows, and its chosen completions serve as the reference completions.
-    test_kind = ("sft" if str(cfg.dataset.source) == "builtin" else kind) if generates else None
+    test_kind = ("sft" if str(cfg.dataset.source) == "builtin" else kind) if generates else getattr(objective_cls, "eval_kind", None)
     rows = load_rows(cfg, registry, kind, test_kind)
     aux_rows = load_auxiliary_rows(cfg, registry, objective_cls.auxiliary_kinds(cfg.objective))
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -32,3 +32,39 @@ def test_a_job_with_a_reference_reports_win_rate_and_best_of_n(tmp_path):
     # an objective without a reference policy has no win rate against one
     sft = train(compose(fast("tracking=none", f"output_dir={tmp_path / 'sft'}", f"outputs_root={tmp_path}")))
     assert "eval/win_rate" not in sft.metrics and "eval/gold_reward_sampled" in sft.metrics
+
+
+def test_alignx_eval_reproduces_a_known_models_numbers(sentiment_sft, sentiment_rm, tmp_path, capsys):
+    """`alignx eval` on the session's SFT model reports exactly the numbers its training job
+    reported (same held-out prompts, same seed); against itself as the reference every comparison
+    is a tie and the KL is 0. On the reward model: its held-out accuracy. (The CLI entry point runs
+    in-process here; test_cli covers the console script itself.)"""
+    import re
+
+    from alignx.cli import main
+
+    assert main(["eval", str(sentiment_sft.model_dir), "--reference", str(sentiment_sft.model_dir),
+                 f"outputs_root={tmp_path}"]) == 0
+    shown = dict(re.findall(r"│ (eval/\S+)\s+│\s+(-?[\d.]+) │", capsys.readouterr().out))
+    for key in ("eval/gold_reward_greedy", "eval/gold_reward_sampled", "eval/perplexity"):
+        assert float(shown[key]) == pytest.approx(sentiment_sft.metrics[key], abs=1e-4), key
+    assert float(shown["eval/win_rate"]) == 0.5
+    assert float(shown["eval/kl_to_reference"]) == pytest.approx(0.0, abs=1e-4)
+    import mlflow
+
+    runs = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        ["0", *[e.experiment_id for e in mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()]],
+        filter_string="tags.`alignx.eval` = 'true'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+    assert main(["eval", str(sentiment_rm.model_dir), "--no-track"]) == 0
+    accuracy = float(re.search(r"│ eval/rm_accuracy\s+│\s+([\d.]+) │", capsys.readouterr().out).group(1))
+    assert accuracy == pytest.approx(sentiment_rm.metrics["eval/rm_accuracy"], abs=1e-4) and accuracy > 0.7
+
+
+def test_alignx_eval_of_a_missing_model_is_one_clear_error(tmp_path, capsys):
+    from alignx.cli import main
+
+    assert main(["eval", str(tmp_path / "nope"), "--no-track"]) == 2
+    err = capsys.readouterr().err
+    assert "alignx: error:" in err and "nope" in err and "Traceback" not in err

@@ -87,7 +87,8 @@ def test_a_stage_can_start_from_a_previous_runs_model_by_mlflow_uri(tmp_path):
         ('pipeline.stages=[{name: dpo, overrides: ["model.name_or_path=stage:sft"]}]',
          r"refers to stage 'sft', which does not run before it"),
         ('pipeline.stages=[{name: a, overrides: []}, {name: a, overrides: []}]', r"stage name 'a' is used twice"),
-        ('pipeline.stages=[{name: a, overide: []}]', r"unknown keys \['overide'\]. Valid keys: name, overrides"),
+        ('pipeline.stages=[{name: a, kind: rlhf, overrides: []}]', r"kind 'rlhf' is not valid. Valid: train, rlaif, raft"),
+        ('pipeline.stages=[{name: a, overide: []}]', r"unknown keys \['overide'\]. Valid keys: kind, min_margin, min_score, name, num_prompts, num_samples, overrides"),
     ],
 )
 def test_bad_pipeline_config_is_named_before_any_stage_runs(tmp_path, stages, message):
@@ -113,3 +114,55 @@ def test_parallel_sweep_jobs_sharing_a_stage_train_it_once(tmp_path):
     dpo = client.search_runs([e.experiment_id for e in client.search_experiments()], filter_string="tags.`alignx.stage` = 'dpo'")
     assert sorted(r.data.params["objective.beta"] for r in dpo) == ["0.1", "0.3"]
     assert all(r.info.status == "FINISHED" for r in [*runs, *dpo])
+
+
+def test_rlaif_pairs_from_a_policy_feed_a_dpo_stage(sentiment_sft, tmp_path):
+    """RLAIF from the session's SFT model (given by path: 4 samples per prompt, best vs worst by the
+    gold reward, margin > 0.1) -> DPO on those pairs, starting from the same model."""
+    import json
+
+    sft = sentiment_sft.model_dir
+    stages = ('pipeline.stages=[{name: pairs, kind: rlaif, num_samples: 4, num_prompts: 24, min_margin: 0.1, '
+              f'overrides: ["model=hf", "model.name_or_path={sft}"]}}, '
+              f'{{name: dpo, overrides: ["objective=dpo", "model=hf", "model.name_or_path={sft}", "dataset=jsonl", '
+              '"dataset.path=stage:pairs", "dataset.task=sentiment", "dataset.val_fraction=0.25", "trainer.max_steps=3"]}]')
+    ov = fast("experiment=pipeline_rlaif_dpo", stages, f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}",
+              "eval.num_prompts=4", "eval.max_new_tokens=24")
+    job = run_pipeline(compose(ov), ov)
+    parent, runs = _runs(job)
+    assert parent.info.status == "FINISHED" and set(runs) == {"pairs", "dpo"}
+    assert runs["pairs"].data.tags["alignx.stage_kind"] == "rlaif"
+    rows = [json.loads(line) for line in (tmp_path / "job" / "pairs" / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == runs["pairs"].data.metrics["data/rows"] and 4 <= len(rows) <= 24
+    from alignx.tasks import BUILTIN_TASKS
+
+    gold = BUILTIN_TASKS["sentiment"]()
+    for row in rows:  # chosen beats rejected by more than min_margin under the gold reward
+        assert set(row) == {"prompt", "chosen", "rejected"}
+        c, r = gold.gold_reward([row["prompt"]] * 2, [row["chosen"], row["rejected"]])
+        assert c - r > 0.1
+    # the DPO stage trained on exactly those rows (train split + val fraction)
+    dpo = runs["dpo"]
+    assert dpo.data.params["dataset.path"] == str(tmp_path / "job" / "pairs" / "data.jsonl")
+    assert dpo.data.metrics["data/train/kept"] + dpo.data.metrics["data/val/kept"] == len(rows)
+    assert dpo.info.status == "FINISHED"
+
+
+def test_raft_keeps_the_best_sample_per_prompt_and_fine_tunes_on_it(sentiment_sft, tmp_path):
+    import json
+
+    sft = sentiment_sft.model_dir
+    stages = ('pipeline.stages=[{name: samples, kind: raft, num_samples: 4, num_prompts: 16, '
+              f'overrides: ["model=hf", "model.name_or_path={sft}"]}}, '
+              f'{{name: raft, overrides: ["objective=sft", "model=hf", "model.name_or_path={sft}", "dataset=jsonl", '
+              '"dataset.path=stage:samples", "dataset.task=sentiment", "dataset.val_fraction=0.25", "trainer.max_steps=3"]}]')
+    ov = fast("experiment=pipeline_raft", stages, f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}",
+              "eval.num_prompts=4", "eval.max_new_tokens=24")
+    job = run_pipeline(compose(ov), ov)
+    _, runs = _runs(job)
+    data = runs["samples"].data.metrics
+    rows = [json.loads(line) for line in (tmp_path / "job" / "samples" / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == data["data/rows"] and all(set(r) == {"prompt", "completion"} for r in rows)
+    # keeping the best of 4 beats the average sample by the reward that ranked them
+    assert data["data/mean_best_score"] > data["data/mean_score"]
+    assert runs["raft"].info.status == "FINISHED" and job.model_dir == job.stages["raft"].model_dir

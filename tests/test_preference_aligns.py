@@ -67,5 +67,8 @@ def test_reward_model_with_10pct_label_noise_ranks_clean_held_out_pairs_well_abo
     chosen = scorer(prompts, [p["chosen"] for p in pairs])
     rejected = scorer(prompts, [p["rejected"] for p in pairs])
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
-    print("RM held-out accuracy on clean pairs", accuracy, "val (noisy labels)", job.metrics["val/accuracy"])
+    print("RM held-out accuracy on clean pairs", accuracy, "val (noisy labels)", job.metrics["val/accuracy"],
+          "eval/rm_accuracy", job.metrics["eval/rm_accuracy"])
     assert accuracy > 0.7  # chance is 0.5; 10% of the training labels were wrong
+    # the job's own evaluation measures the same thing (test-split pairs, in-memory model)
+    assert job.metrics["eval/rm_accuracy"] > 0.7

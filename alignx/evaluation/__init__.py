@@ -129,6 +129,14 @@ def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) 
     return wins / len(policy_scores)
 
 
+def pair_accuracy(score: RewardFn, rows: Sequence[Mapping[str, Any]]) -> float:
+    """Share of preference pairs whose chosen completion ``score`` rates above the rejected one (ties: half)."""
+    prompts = [r["prompt"] for r in rows]
+    chosen = list(score(prompts, [r["chosen"] for r in rows]))
+    rejected = list(score(prompts, [r["rejected"] for r in rows]))
+    return win_rate(chosen, rejected)
+
+
 def best_of_n(scores: Sequence[float], n: int) -> list[float]:
     """The best of each consecutive group of ``n`` scores (``n`` samples per prompt, in prompt order)."""
     if n < 1 or len(scores) % n:
@@ -221,3 +229,86 @@ def evaluate_policy(
 def _mean(values: Sequence[float]) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+def evaluate_model(
+    model_ref: str,
+    overrides: Sequence[str] = (),
+    *,
+    reference: str | None = None,
+    track: bool = True,
+) -> tuple[dict[str, float], list[dict], str | None]:
+    """``alignx eval``: the evaluation suite on a saved model (a directory or ``runs:/<id>/<path>``).
+
+    The config is composed like a job's (``overrides``: dataset, eval settings, ``eval.reward_model``
+    ...). A reward model (a sequence classifier) gets its ranking accuracy on held-out pairs; a
+    policy gets gold reward, perplexity, learned-RM scores, best-of-N and, with ``reference`` (a
+    model directory or URI: e.g. the SFT model it started from), KL from it and win rate against
+    it. Returns (metrics, samples, MLflow run id); the run is tagged ``alignx.eval=true``.
+    """
+    import tempfile
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from alignx.config import compose, validate
+    from alignx.models.heads import is_reward_model
+    from alignx.models.loading import build_hf
+    from alignx.pipeline import resolve_model_reference
+    from alignx.registry import load_plugins
+    from alignx.train import evaluate, load_rows, resolve_outputs_root, start_tracking
+
+    cfg = compose(["model=hf", *overrides])
+    validate(cfg)
+    outputs_root = resolve_outputs_root(cfg)
+    uri = cfg.tracking.get("uri") or f"sqlite:///{outputs_root / 'mlflow.db'}"
+    downloads = Path(tempfile.mkdtemp(prefix="alignx-eval-"))
+    local = resolve_model_reference(model_ref, uri, downloads / "model")
+    cfg.model.name_or_path = local
+    registry = load_plugins()
+    model, tokenizer = _load_any(cfg.model, build_hf)
+    reward_model = is_reward_model(model)
+    kind = "pairs" if reward_model else "sft"
+    rows = load_rows(OmegaConf.merge(cfg, {"eval": {"enabled": True}}), registry, kind, kind)["test"]
+
+    class _Evaluated:
+        eval_kind = "pairs" if reward_model else None
+        generates_text = not reward_model
+        device = next(model.parameters()).device
+
+    ref_factory = None
+    if reference:
+        ref_local = resolve_model_reference(reference, uri, downloads / "reference")
+        ref_model, _ = _load_any(OmegaConf.merge(cfg.model, {"name_or_path": ref_local}), build_hf)
+
+        @contextmanager
+        def ref_factory() -> Any:  # noqa: F811 - a factory of context managers, as evaluate expects
+            yield ref_model.to(_Evaluated.device).eval()
+
+    metrics, samples = evaluate(cfg, registry, model, tokenizer, _Evaluated(), list(rows), reference=ref_factory)
+    run_id = None
+    if track and cfg.tracking.name != "none":
+        tags = {"alignx.eval": "true", "alignx.eval_model": model_ref, **({"alignx.eval_reference": reference} if reference else {})}
+        tracker = start_tracking(cfg, outputs_root, list(overrides), run_name=f"eval {Path(model_ref).name or model_ref}",
+                                 extra_tags=tags)
+        tracker.log_metrics(metrics, step=0)
+        if samples:
+            tracker.log_table(samples, "samples/generations.json")
+        tracker.finish("FINISHED")
+        run_id = tracker.run_id
+    return metrics, samples, run_id
+
+
+def _load_any(model_cfg: Any, build_hf: Any) -> tuple[Any, Any]:
+    """A saved causal LM through the normal loader, or a saved reward model (sequence classifier)."""
+    import json
+    from pathlib import Path
+
+    path = Path(str(model_cfg.name_or_path)).expanduser()
+    config = path / "config.json"
+    if config.is_file() and any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or []):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        return AutoModelForSequenceClassification.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    return build_hf(model_cfg)

@@ -71,6 +71,8 @@ class RewardModel(Objective):
     data_kind: ClassVar[str] = "pairs"
     generates_text: ClassVar[bool] = False
     merge_adapter_on_save: ClassVar[bool] = True
+    #: held-out rows its evaluation reads: eval/rm_accuracy on test-split pairs
+    eval_kind: ClassVar[str] = "pairs"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)

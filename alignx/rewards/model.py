@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -40,6 +40,17 @@ class RewardModelScorer:
         self.offset = float(getattr(self.model.config, "alignx_reward_offset", 0.0) or 0.0)
         self.batch_size = batch_size
         self.max_length = max_length
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 32) -> "RewardModelScorer":
+        """A scorer around an in-memory reward model (e.g. right after training), offset included."""
+        scorer = cls.__new__(cls)
+        scorer.tokenizer, scorer.model = tokenizer, model
+        scorer.device = next(model.parameters()).device
+        config = getattr(model, "config", None) or model.get_base_model().config
+        scorer.offset = float(getattr(config, "alignx_reward_offset", 0.0) or 0.0)
+        scorer.batch_size, scorer.max_length = batch_size, None
+        return scorer
 
     def encode(self, prompt: str, completion: str, prompt_is_templated: bool = False) -> list[int]:
         tok = self.tokenizer
