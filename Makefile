@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml plugins/*/pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/alignx experiment=quickstart $(ARGS)
+	$(BIN)/alignx experiment=pipeline_sft_dpo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests plugins --durations=25 $(ARGS)

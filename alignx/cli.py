@@ -100,14 +100,18 @@ def _print_summary(job) -> None:
 
     console = Console()
     if job.stages:
-        stages = Table(title="alignx: pipeline stages", show_header=True)
-        for col in ("stage", "cache", "gold reward (sampled)", "KL to reference"):
-            stages.add_column(col)
+        # before / after: each stage's evaluation on the same held-out prompts with the same seed
+        stages = Table(title="alignx: pipeline stages (held-out prompts)", show_header=True)
+        columns = {"gold (greedy)": "eval/gold_reward_greedy", "gold (sampled)": "eval/gold_reward_sampled",
+                   "win rate vs start": "eval/win_rate", "KL to start": "eval/kl_to_reference"}
+        stages.add_column("stage")
+        stages.add_column("cache")
+        for col in columns:
+            stages.add_column(col, justify="right")
         for name, st in job.stages.items():
             m = st.metrics
-            fmt = lambda k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
-            stages.add_row(name, "hit" if st.cache_hit else "trained", fmt("eval/gold_reward_sampled"),
-                           fmt("eval/kl_to_reference"))
+            stages.add_row(name, "hit" if st.cache_hit else "trained",
+                           *(f"{m[k]:.3f}" if k in m else "-" for k in columns.values()))
         console.print(stages)
     table = Table(title="alignx: results", show_header=True)
     table.add_column("metric")
@@ -186,11 +190,14 @@ def _compare(argv: Sequence[str]) -> int:
     parser.add_argument("--curve", default=DEFAULT_CURVE, help="metric to plot per step for every job (default: %(default)s)")
     parser.add_argument("--mode", choices=["min", "max"], help="best = min or max of the first metric (default: min for loss/perplexity, else max)")
     parser.add_argument("--out", help="output dir (default: <sweep dir>/compare)")
+    parser.add_argument("--frontier", nargs=2, metavar=("X", "Y"),
+                        help="also plot every job at (X, Y), e.g. eval/kl_to_reference eval/gold_reward_sampled")
+    parser.add_argument("--by", help="swept param naming the frontier's series (default: the first non-numeric one)")
     args = parser.parse_args(list(argv))
     try:
         result = compare(
             args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment, metrics=args.metric,
-            curve=args.curve, mode=args.mode, out=args.out,
+            curve=args.curve, mode=args.mode, out=args.out, frontier=args.frontier, by=args.by,
         )
     except CompareError as exc:
         _print_error(str(exc))

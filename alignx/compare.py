@@ -76,6 +76,8 @@ def compare(
     mode: str | None = None,
     out: str | os.PathLike | None = None,
     log_artifacts: bool = True,
+    frontier: Sequence[str] | None = None,
+    by: str | None = None,
 ) -> CompareResult:
     """Compare the jobs of one sweep; write and log ``compare.csv`` and plots.
 
@@ -91,6 +93,10 @@ def compare(
             perplexities, ``max`` for anything else (rewards, accuracies).
         out: output directory; default ``<sweep dir>/compare`` or ``<outputs_root>/compare/<id>``.
         log_artifacts: also log the files to the parent run under ``compare/``.
+        frontier: ``(x, y)`` metrics: also plot every job as a point (x, y), one series per value
+            of ``by`` (a swept param, e.g. the method; default: the first non-numeric swept
+            param), joined in x order: a reward-vs-KL frontier (``frontier_<y>_vs_<x>.png``).
+        by: the swept param that names a frontier's series.
 
     Raises:
         CompareError: with a message a user can act on (what exists instead, when helpful).
@@ -119,7 +125,10 @@ def compare(
     metric = chosen[0] if chosen else None
     mode = mode or (infer_mode(metric) if metric else "max")
 
-    rows = [_row(run, params, chosen) for run in children]
+    if frontier is not None and len(frontier) != 2:
+        raise CompareError(f"--frontier takes two metrics (x y), got {list(frontier)}")
+    extra = [m for m in (frontier or []) if m not in chosen]
+    rows = [_row(run, params, [*chosen, *extra]) for run in children]
     best = _best(rows, metric, mode)
     if best is not None:
         ties = sum(r.get(metric) == rows[best][metric] for r in rows)
@@ -139,6 +148,16 @@ def compare(
                 paths.append(path)
     else:
         notes.append("no metric to rank or plot the jobs by")
+    if frontier:
+        x, y = frontier
+        if by is not None and by not in params:
+            raise CompareError(f"--by {by!r} is not a swept param of this sweep. Swept: {', '.join(params) or '(none)'}")
+        group = by or next((p for p in params if _as_numbers([r.get(p) for r in rows]) is None), None)
+        path = _plot_frontier(out_dir, rows, x, y, group, params)
+        if path:
+            paths.append(path)
+        else:
+            notes.append(f"no job logged both {x} and {y}: no frontier plot")
     curve_path = _plot_curves(out_dir, client, children, curve)
     if curve_path:
         paths.append(curve_path)
@@ -469,6 +488,37 @@ def _plot_metric_vs_param(
     ax.legend(fontsize="small")
     fig.tight_layout()
     path = out_dir / f"metric_vs_{_safe(param)}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_frontier(out_dir: Path, rows: list[dict], x: str, y: str, group: str | None, params: list[str]) -> Path | None:
+    """Every job as a point (x, y); one series per value of ``group``, each point labelled by the
+    other swept params (e.g. beta), joined in x order: the DPO paper's reward-vs-KL frontier."""
+    points = [r for r in rows if _is_number(r.get(x)) and _is_number(r.get(y))]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    series: dict[str, list[dict]] = {}
+    for r in points:
+        series.setdefault(str(r.get(group)) if group else y, []).append(r)
+    others = [p for p in params if p != group]
+    for label, members in series.items():
+        members = sorted(members, key=lambda r: r[x])
+        ax.plot([r[x] for r in members], [r[y] for r in members], marker="o", label=f"{group}={label}" if group else label)
+        for r in members:
+            note = " ".join(f"{str(o).rsplit('.', 1)[-1]}={r.get(o)}" for o in others if r.get(o) not in ("", None))
+            if note:
+                ax.annotate(note, (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"{y} vs {x}, every job")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out_dir / f"frontier_{_safe(y)}_vs_{_safe(x)}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

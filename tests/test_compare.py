@@ -118,6 +118,19 @@ def test_loss_like_metric_ranks_by_min(sweep, compared, parent_id, tmp_path):
     assert [r["best"] for r in result.rows].count("*") == 1
 
 
+def test_frontier_plots_every_job_at_x_y_one_series_per_method(sweep, compared, parent_id, tmp_path):
+    """The reward-vs-KL frontier plot, here on this sweep's (perplexity, gold reward), one series per adapter."""
+    from alignx.compare import CompareError, compare
+
+    result = compare(str(sweep / "sweep"), out=tmp_path, log_artifacts=False,
+                     frontier=["eval/perplexity", "eval/gold_reward_sampled"], by="adapter")
+    plot = tmp_path / "frontier_eval_gold_reward_sampled_vs_eval_perplexity.png"
+    assert plot in result.paths and plot.read_bytes()[:8] == PNG
+    assert all("eval/perplexity" in r and "eval/gold_reward_sampled" in r for r in result.rows)
+    with pytest.raises(CompareError, match="--by 'objective' is not a swept param of this sweep. Swept: "):
+        compare(str(sweep / "sweep"), out=tmp_path, log_artifacts=False, frontier=["a", "b"], by="objective")
+
+
 def test_unknown_run_id_is_a_clear_error(sweep, compared, parent_id):
     proc = run_cli(["compare", "0123456789abcdef0123456789abcdef"], sweep, ENV)
     assert proc.returncode == 2, explain(proc)
