@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from alignx.errors import ConfigError
+from alignx.tracking import finishing
 
 log = logging.getLogger("alignx")
 
@@ -230,7 +231,7 @@ def run_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> Any:
                              parent_run_id=parent_run_id)
     job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri)
     results: dict[str, StageResult] = {}
-    try:
+    with finishing(tracker):
         tracker.log_text(OmegaConf.to_yaml(cfg.pipeline), "config/pipeline.yaml")
         for spec in specs:
             result = _run_stage(spec, base, results, output_dir, outputs_root, tracker, cache, use_cache, force)
@@ -246,13 +247,6 @@ def run_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> Any:
         job.metrics["time/total_s"] = time.time() - t0
         tracker.log_metrics({"pipeline/cache_hits": job.metrics["pipeline/cache_hits"],
                              "time/total_s": job.metrics["time/total_s"]}, step=0)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
     job.stages = results
     return job
 
@@ -334,14 +328,10 @@ def _data_stage(train: Any, cfg: DictConfig, spec: dict, key: str, tracker: Any,
     out_dir = Path(str(cfg.output_dir))
     run = start_tracking(cfg, Path(str(cfg.outputs_root)), [f"stage={stage}"], run_name=f"stage {stage} ({spec['kind']})",
                          extra_tags=tags, parent_run_id=tracker.run_id)
-    try:
+    with finishing(run):
         path, metrics = generate_dataset(cfg, spec["kind"], spec["options"], out_dir / "data.jsonl")
         run.log_metrics(metrics, step=0)
         run.log_artifact(path, "data")
-    except BaseException:
-        run.finish("FAILED")
-        raise
-    run.finish("FINISHED")
     result = StageResult(stage, key, path, out_dir, metrics, run.run_id)
     _record(cache, key, result, run.uri)
     return result

@@ -513,7 +513,9 @@ def train(
 
         tracker = Tracker()  # one job, one run: only rank 0 records it
     job = Job(output_dir=output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri, rank_zero=rank_zero)
-    try:
+    from alignx.tracking import finishing
+
+    with finishing(tracker):
         from alignx.tracking import config_params
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -584,13 +586,6 @@ def train(
                     tracker.log_artifact(base_dir, "base")
             job.metrics["time/total_s"] = time.time() - t0
             tracker.log_metrics({"time/total_s": job.metrics["time/total_s"]}, step=int(trainer.global_step))
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
     job.tracking_errors = list(tracker.errors)
     if job.tracking_errors:
         log.warning(

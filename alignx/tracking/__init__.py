@@ -7,7 +7,13 @@ without paying for Lightning, which only :class:`TrackerLogger` needs.
 from typing import Any
 
 from alignx.tracking.params import config_params, flatten, is_secret_key
-from alignx.tracking.run import MlflowTracker, Tracker, default_tracking_uri, ui_command
+from alignx.tracking.run import (
+    MlflowTracker,
+    Tracker,
+    default_tracking_uri,
+    finishing,
+    ui_command,
+)
 
 __all__ = [
     "MlflowTracker",
@@ -15,6 +21,7 @@ __all__ = [
     "TrackerLogger",
     "config_params",
     "default_tracking_uri",
+    "finishing",
     "flatten",
     "is_secret_key",
     "ui_command",

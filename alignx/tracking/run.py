@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from alignx.errors import AlignxError
 
@@ -220,3 +221,18 @@ class MlflowTracker(Tracker):
         if not self._finished:
             self._finished = True
             self._guard(f"set status {status}", lambda: self.client.set_terminated(self.run_id, status))
+
+
+@contextmanager
+def finishing(tracker: Tracker) -> Iterator[Tracker]:
+    """End ``tracker``'s run with the block's outcome: KILLED on Ctrl-C, FAILED on any error (re-raised),
+    else FINISHED. A run is never left RUNNING, and never FINISHED after a failure."""
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
