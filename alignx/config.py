@@ -106,6 +106,7 @@ TRUNCATION_POLICIES = ("truncate_prompt", "truncate_completion", "drop", "error"
 TOP_LEVEL = {
     "objective", "model", "adapter", "dataset", "optim", "scheduler", "trainer", "tracking", "eval",
     "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric", "reward", "checkpoint", "resume", "pipeline",
+    "callbacks",
 }
 #: trainer keys alignx handles itself rather than passing to lightning.Trainer
 TRAINER_EXTRA_KEYS = {"_target_"}

@@ -174,13 +174,15 @@ def start_tracking(
     run_name: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Any:
-    """Create the job's MLflow run (or a no-op tracker for ``tracking=none``)."""
-    from alignx.tracking import MlflowTracker, Tracker, default_tracking_uri
+    """Create the job's MLflow run (or a no-op tracker for ``tracking=none``); with
+    ``resume_run_id``, continue that run instead."""
+    from alignx.tracking import MlflowTracker, Tracker
 
-    if cfg.tracking.name == "none":
+    uri = tracking_uri(cfg, outputs_root)
+    if uri is None:
         return Tracker()
-    uri = cfg.tracking.get("uri") or default_tracking_uri(outputs_root)
     local = uri.startswith("sqlite:") or uri.startswith("file:")
     outputs_root.mkdir(parents=True, exist_ok=True)
     tags = {
@@ -201,7 +203,17 @@ def start_tracking(
         tags=tags,
         artifact_location=(outputs_root / "mlartifacts").as_uri() if local else None,
         parent_run_id=parent_run_id,
+        resume_run_id=resume_run_id,
     )
+
+
+def tracking_uri(cfg: DictConfig, outputs_root: Path) -> str | None:
+    """The job's MLflow tracking URI (``tracking.uri``, else the embedded store); None for ``tracking=none``."""
+    from alignx.tracking import default_tracking_uri
+
+    if cfg.tracking.name == "none":
+        return None
+    return cfg.tracking.get("uri") or default_tracking_uri(outputs_root)
 
 
 def sweep_job(overrides: Sequence[str]) -> tuple[str | None, str | None, dict[str, str]]:
@@ -223,7 +235,8 @@ def sweep_job(overrides: Sequence[str]) -> tuple[str | None, str | None, dict[st
 
 
 def build_trainer(
-    cfg: DictConfig, tracker: Any, output_dir: Path, callbacks: Sequence[Any] = (), *, manual_optimization: bool = False
+    cfg: DictConfig, tracker: Any, output_dir: Path, callbacks: Sequence[Any] = (), *, manual_optimization: bool = False,
+    model: Any = None,
 ) -> Any:
     """The Lightning Trainer of a job: config's trainer args, the tracker as logger, progress bar and checkpoints.
 
@@ -249,17 +262,10 @@ def build_trainer(
     callbacks = list(callbacks)
     every = (cfg.get("checkpoint") or {}).get("every_n_steps")
     if every:
-        from lightning.pytorch.callbacks import ModelCheckpoint
+        from alignx.checkpoint import model_checkpoint
 
-        callbacks.append(ModelCheckpoint(
-            dirpath=str(output_dir / "checkpoints"),
-            filename="step-{step:06d}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=int(every),
-            save_top_k=-1,
-            save_last=True,
-            enable_version_counter=False,
-        ))
+        callbacks.append(model_checkpoint(output_dir / "checkpoints", int(every)))
+    callbacks.extend(instantiate_callbacks(cfg))
     if targs.get("enable_progress_bar", True):
         from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
@@ -267,8 +273,18 @@ def build_trainer(
             callbacks.append(RichProgressBar(leave=True))
         except ModuleNotFoundError:
             callbacks.append(TQDMProgressBar())
+    strategy = targs.get("strategy")
+    if isinstance(strategy, dict):
+        targs["strategy"] = build_strategy(strategy, model)
+    plugins = list(targs.pop("plugins", None) or [])
+    if not _is_deepspeed(targs.get("strategy")):
+        # DeepSpeed writes its own sharded checkpoint directories; everything else goes through alignx's
+        from alignx.checkpoint import checkpoint_io
+
+        plugins.append(checkpoint_io())
     return L.Trainer(
         **targs,
+        plugins=plugins,
         logger=TrackerLogger(tracker),
         callbacks=callbacks,
         default_root_dir=str(output_dir),
@@ -278,20 +294,57 @@ def build_trainer(
     )
 
 
-def resolve_resume(cfg: DictConfig) -> Path | None:
-    """The checkpoint file ``resume`` names: a ``.ckpt`` file, or a job's output dir (its ``checkpoints/last.ckpt``)."""
-    value = cfg.get("resume")
-    if not value:
-        return None
-    path = Path(str(value)).expanduser().resolve()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
-    if not path.is_file():
+def instantiate_callbacks(cfg: DictConfig) -> list[Any]:
+    """Extra Lightning callbacks from the ``callbacks`` node: ``{name: {_target_: ..., **kwargs}}``."""
+    from hydra.utils import instantiate
+
+    node = cfg.get("callbacks") or {}
+    out = []
+    for name, spec in node.items():
+        if spec is None:  # `~callbacks.name` or `callbacks.name=null` switches one off
+            continue
+        if "_target_" not in spec:
+            raise ConfigError(f"callbacks.{name} needs a _target_ (the callback's class path), got keys {sorted(spec)}")
+        try:
+            out.append(instantiate(spec))
+        except Exception as exc:
+            raise ConfigError(f"callbacks.{name}: cannot instantiate {spec._target_}: {str(exc).splitlines()[0]}") from None
+    return out
+
+
+def _is_deepspeed(strategy: Any) -> bool:
+    return "deepspeed" in (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
+
+
+def build_strategy(spec: dict, model: Any = None) -> Any:
+    """A Lightning strategy object from a ``_target_`` node (e.g. ``trainer=fsdp``).
+
+    ``auto_wrap_policy: transformer_layers`` (FSDP) wraps each of the model's repeated blocks,
+    read from transformers' ``_no_split_modules`` (LlamaDecoderLayer, ...), so one preset shards
+    any architecture; ``activation_checkpointing_policy: transformer_layers`` likewise.
+    """
+    from hydra.utils import get_class
+
+    spec = dict(spec)
+    cls = get_class(spec.pop("_target_"))
+    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
+        if spec.get(key) == "transformer_layers":
+            spec[key] = transformer_layer_classes(model) if model is not None else None
+    return cls(**spec)
+
+
+def transformer_layer_classes(model: Any) -> set[type]:
+    """The classes of a transformers model's repeated blocks (its ``_no_split_modules``), found in the model."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not found:
         raise ConfigError(
-            f"resume={value}: no checkpoint at '{path}' (expected a .ckpt file or an output dir with checkpoints/last.ckpt; "
-            "a job writes them when checkpoint.every_n_steps is set)"
+            f"auto_wrap_policy=transformer_layers: {type(model).__name__} declares no _no_split_modules; "
+            "set trainer.strategy.auto_wrap_policy to null or to a policy object"
         )
-    return path
+    return found
 
 
 def load_auxiliary_rows(cfg: DictConfig, registry: Registry, kinds: Mapping[str, str]) -> dict[str, list[dict]]:
@@ -457,11 +510,21 @@ def train(
     objective_cls = registry.get("objective", str(cfg.objective.name))
     if hasattr(objective_cls, "check_config"):
         objective_cls.check_config(cfg)
-    resume_from = resolve_resume(cfg)
     for group in ("model", "adapter"):
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
     output_dir, outputs_root = resolve_paths(cfg)
+    from alignx.resume import ENV_CHECKPOINT, fingerprint, resolve_resume, write_run_record
+
+    resume = resolve_resume(cfg, output_dir, tracking_uri(cfg, outputs_root))
+    resume_from = resume.checkpoint if resume else None
+    if resume and resume.run_id and resume.output_dir != output_dir:
+        # continuing an interrupted run: its dir keeps its checkpoints and gets its model
+        log.info("resuming the job in %s (its checkpoints and model are written there)", resume.output_dir)
+        output_dir = resume.output_dir
+    if resume:
+        log.info("resuming from %s (step %d)%s", resume.checkpoint, resume.step,
+                 f" into MLflow run {resume.run_id}" if resume.run_id else "")
     overrides = list(overrides) if overrides is not None else _overrides(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -503,11 +566,18 @@ def train(
             job_name, job_tags = None, {}
         job_name = run_name or job_name
         job_tags = {**job_tags, **(extra_tags or {})}
-        if resume_from:
-            job_tags = {**job_tags, "alignx.resumed_from": str(resume_from)}
+        job_tags = {**job_tags, "alignx.fingerprint": fingerprint(cfg), "alignx.output_dir": str(output_dir)}
+        if resume:
+            job_tags = {**job_tags, "alignx.resumed_from": str(resume.checkpoint), "alignx.resumed_at_step": str(resume.step)}
         tracker = start_tracking(
-            cfg, outputs_root, overrides, run_name=job_name, extra_tags=job_tags, parent_run_id=parent_run_id
+            cfg, outputs_root, overrides, run_name=job_name, extra_tags=job_tags, parent_run_id=parent_run_id,
+            resume_run_id=resume.run_id if resume else None,
         )
+        if tracker.run_id:
+            write_run_record(output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri,
+                             experiment_id=tracker.experiment_id, fingerprint=job_tags["alignx.fingerprint"])
+        # the processes Lightning starts for DDP inherit this: they resume from the same checkpoint
+        os.environ[ENV_CHECKPOINT] = str(resume_from or "")
     else:
         from alignx.tracking import Tracker
 
@@ -519,7 +589,8 @@ def train(
         from alignx.tracking import config_params
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        tracker.log_params(config_params(resolved))
+        # how a job was resumed is not a parameter of the experiment (it is in the run's tags)
+        tracker.log_params(config_params({k: v for k, v in resolved.items() if k != "resume"}))
         config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
         if rank_zero:
             (output_dir / "config.yaml").write_text(config_yaml)
@@ -559,7 +630,8 @@ def train(
                 int(cfg.data.eval_batch_size),
                 progress=bool(cfg.trainer.get("enable_progress_bar", True)),
             ))
-        trainer = build_trainer(cfg, tracker, output_dir, callbacks, manual_optimization=not objective.automatic_optimization)
+        trainer = build_trainer(cfg, tracker, output_dir, callbacks, manual_optimization=not objective.automatic_optimization,
+                                model=model)
         trainer.fit(objective, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         job.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         job.metrics.update(getattr(objective, "step_metrics", {}) or {})

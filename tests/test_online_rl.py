@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import fast, require_example_plugin
 
+from alignx.checkpoint import load_checkpoint
 from alignx.config import compose
 from alignx.errors import ConfigError
 from alignx.generation import (
@@ -232,7 +233,7 @@ def test_lora_ppo_uses_the_disabled_adapter_as_reference_and_trains_a_lora_value
 
 # -- exact resume -----------------------------------------------------------------------------------
 def _digest(path):
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(path)["state_dict"]
     h = hashlib.sha256()
     for k in sorted(state):
         h.update(k.encode())
@@ -260,8 +261,8 @@ def test_resumed_run_continues_the_same_trajectory(tmp_path, objective):
     for key in keys:
         assert _history(resumed, key) == _history(full, key)[2:], key
     if objective == "ppo":  # the adaptive KL controller's state came back too
-        c_full = torch.load(full.output_dir / "checkpoints" / "step-000004.ckpt", weights_only=False)
-        c_res = torch.load(resumed.output_dir / "checkpoints" / "step-000004.ckpt", weights_only=False)
+        c_full = load_checkpoint(full.output_dir / "checkpoints" / "step-000004.ckpt")
+        c_res = load_checkpoint(resumed.output_dir / "checkpoints" / "step-000004.ckpt")
         assert c_full["alignx_kl_controller"] == c_res["alignx_kl_controller"]
         assert c_full["alignx_kl_controller"]["value"] != 0.05
 

@@ -127,7 +127,29 @@ def test_bucket_sampler_is_seeded_and_shards_ranks():
     s = BucketBatchSampler(lengths, 8, seed=3)
     s.set_epoch(1)
     assert list(s) != a
-    r0 = list(BucketBatchSampler(lengths, 8, seed=3, rank=0, world_size=2))
-    r1 = list(BucketBatchSampler(lengths, 8, seed=3, rank=1, world_size=2))
-    assert len(r0) == len(r1) == 6  # 13 batches -> 12 usable, 6 each
+    # 100 rows, 2 ranks x 4 = global batches of 8: 12 full + one of 4 rows (2 each)
+    r0 = list(BucketBatchSampler(lengths, 4, seed=3, rank=0, world_size=2))
+    r1 = list(BucketBatchSampler(lengths, 4, seed=3, rank=1, world_size=2))
+    assert len(r0) == len(r1) == len(BucketBatchSampler(lengths, 4, world_size=2)) == 13
     assert not set(i for b in r0 for i in b) & set(i for b in r1 for i in b)
+    # each step's two rank batches are exactly one batch of a single process with batch size 8
+    single = list(BucketBatchSampler(lengths, 8, seed=3))
+    assert [sorted(b0 + b1) for b0, b1 in zip(r0, r1)] == [sorted(b) for b in single]
+
+
+def test_bucket_sampler_drops_a_last_global_batch_too_small_for_every_rank():
+    r = [list(BucketBatchSampler(list(range(17)), 4, seed=0, rank=k, world_size=4)) for k in range(4)]
+    assert [len(x) for x in r] == [1, 1, 1, 1]  # 16 rows in one global batch; the 17th row cannot be shared out
+    assert len(BucketBatchSampler(list(range(17)), 4, world_size=4)) == 1
+
+
+def test_bucket_sampler_resumes_mid_epoch():
+    lengths = list(range(50))
+    full = list(BucketBatchSampler(lengths, 4, seed=1))
+    s = BucketBatchSampler(lengths, 4, seed=1)
+    s.resume_at(0, 5)
+    assert list(s) == full[5:]
+    assert list(s) == full  # the skip applies to one iteration only
+    s.resume_at(0, 5)
+    s.set_epoch(1)  # a checkpoint from an earlier epoch: nothing to skip in this one
+    assert len(list(s)) == len(full)

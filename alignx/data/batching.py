@@ -29,10 +29,16 @@ def collate_sft(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length rows, in random order, sharded across data-parallel ranks.
 
-    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort each
-    pool by length and cut it into batches, then shuffle the batches. Padding drops to near the
-    minimum while batch composition stays random. With ``world_size`` > 1 every rank gets the
-    same number of batches (the remainder is dropped), as DDP requires.
+    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` global batches,
+    sort each pool by length and cut it into global batches of ``batch_size * world_size`` rows,
+    then shuffle the batches. Padding drops to near the minimum while batch composition stays
+    random. Rank ``r`` trains on rows ``r::world_size`` of each global batch, so N processes with
+    ``batch_size`` B see exactly the batches one process with ``batch_size`` N*B sees (the
+    basis of DDP's loss-curve equivalence); a last global batch too small to give every rank a
+    row is dropped.
+
+    Resumable: :meth:`resume_at` makes the next iteration of that epoch skip the batches a
+    checkpointed run already trained on.
     """
 
     def __init__(
@@ -52,15 +58,22 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.bucketing = bucketing
         self.seed = seed
-        self.pool = pool_batches * batch_size
         self.rank = rank
-        self.world_size = world_size
+        self.world_size = max(1, world_size)
+        self.global_batch = batch_size * self.world_size
+        self.pool = pool_batches * self.global_batch
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches when epoch ``epoch`` is next iterated."""
+        self._resume = (int(epoch), int(batches_done))
+
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches before sharding (what a single process with the global batch size sees)."""
         rng = random.Random(self.seed * 100_003 + self.epoch)
         idx = list(range(len(self.lengths)))
         if self.shuffle:
@@ -68,20 +81,30 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.bucketing:
             pools = [sorted(idx[i : i + self.pool], key=self.lengths.__getitem__) for i in range(0, len(idx), self.pool)]
             idx = [i for pool in pools for i in pool]
-        batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        batches = [idx[i : i + self.global_batch] for i in range(0, len(idx), self.global_batch)]
         if self.shuffle:
             rng.shuffle(batches)
+        return [b for b in batches if len(b) >= self.world_size]
+
+    def _batches(self) -> list[list[int]]:
+        batches = self.global_batches()
         if self.world_size > 1:
-            usable = (len(batches) // self.world_size) * self.world_size
-            batches = batches[:usable][self.rank :: self.world_size]
+            batches = [b[self.rank :: self.world_size] for b in batches]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        batches = self._batches()
+        if self._resume is not None:
+            epoch, done = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                batches = batches[done:]
+        yield from batches
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.lengths) / self.batch_size)
-        return n // self.world_size if self.world_size > 1 else n
+        n = len(self.lengths)
+        full, rest = divmod(n, self.global_batch)
+        return full + (1 if rest >= self.world_size else 0)
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

@@ -119,14 +119,55 @@ class Objective(L.LightningModule):
         """Compute (loss, metrics) for a batch. Subclasses implement this with pure loss functions."""
         raise NotImplementedError(f"{type(self).__name__} must implement step()")
 
+    def loss_weight(self, batch: Mapping[str, torch.Tensor], metrics: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """How many units the batch's loss is a mean over (default: its rows; SFT: its tokens).
+
+        Under data parallelism each rank's loss is re-weighted by its share of the global
+        units, so N processes optimise exactly the loss one process would on the whole batch
+        (DDP averages gradients; a plain per-rank mean would weight a rank with fewer tokens up).
+        """
+        return torch.tensor(float(batch["input_ids"].size(0)), device=self.device)
+
+    def _global_mean(self, loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return loss
+        weight = weight.detach().float()
+        total = trainer.strategy.reduce(weight.clone(), reduce_op="sum")
+        return loss * weight * trainer.world_size / total.clamp(min=1e-12)
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.step(batch)
+        loss = self._global_mean(loss, self.loss_weight(batch, metrics))
         size = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        # synced: under DDP rank 0 logs the whole global batch's values, not its own shard's
+        sync = self._trainer is not None and self.trainer.world_size > 1
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=sync)
         if self._trainer is not None and self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=size)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=size, sync_dist=sync)
         return loss
+
+    # -- exact resume --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds the RNG states, so a resumed run draws what the uninterrupted one would have.
+        Subclasses that override this call ``super()``."""
+        from alignx.checkpoint import rng_state
+
+        checkpoint["alignx_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("alignx_rng")
+
+    def on_train_start(self) -> None:
+        # restored here, not at load: nothing between the checkpoint's save point and the next
+        # training batch may consume random numbers, and Lightning does work in between
+        state = getattr(self, "_rng_to_restore", None)
+        if state is not None:
+            from alignx.checkpoint import set_rng_state
+
+            set_rng_state(state)
+            self._rng_to_restore = None
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.step(batch)

@@ -226,8 +226,10 @@ class PPO(OnlineObjective):
 
     # -- exact resume ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["alignx_kl_controller"] = self.kl_ctl.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "alignx_kl_controller" in checkpoint:
             self.kl_ctl.load_state_dict(checkpoint["alignx_kl_controller"])

@@ -20,3 +20,6 @@ class SFT(Objective):
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss, n_tokens = sft_loss(out.logits, batch["labels"])
         return loss, {"tokens": n_tokens.float(), "ppl": torch.exp(loss.detach())}
+
+    def loss_weight(self, batch: Mapping[str, torch.Tensor], metrics: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return metrics["tokens"]

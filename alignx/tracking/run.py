@@ -97,6 +97,7 @@ class MlflowTracker(Tracker):
         tags: Mapping[str, str] | None = None,
         artifact_location: str | None = None,
         parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
     ) -> None:
         from mlflow import MlflowClient
 
@@ -110,15 +111,43 @@ class MlflowTracker(Tracker):
         self.errors: list[str] = []
         self._down_since: float | None = None
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._experiment(experiment, artifact_location)
         tags = dict(tags or {})
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        #: per metric key, the last step already in the run (a resumed run does not log those again)
+        self._logged_through: dict[str, int] = {}
+        self._existing_params: dict[str, str] = {}
+        if resume_run_id:
+            run = self._reopen(resume_run_id, tags)
+        else:
+            self.experiment_id = self._experiment(experiment, artifact_location)
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self.run_name = run.info.run_name
         self.artifact_uri = run.info.artifact_uri
         self._finished = False
+
+    def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
+        """Continue an interrupted run: status back to RUNNING, its logged steps remembered."""
+        from mlflow.entities import RunTag
+
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as exc:
+            raise TrackingUnavailable(f"cannot resume MLflow run {run_id} in {self.uri}: {str(exc).splitlines()[0]}") from None
+        self.experiment_id = run.info.experiment_id
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(run_id, key)
+            if history:
+                self._logged_through[key] = max(m.step for m in history)
+        self._existing_params = dict(run.data.params)
+        count = int(run.data.tags.get("alignx.resume_count", "0")) + 1
+        tags = {k: v for k, v in tags.items() if k != "mlflow.runName"}
+        tags["alignx.resume_count"] = str(count)
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        log.info("resuming MLflow run %s (resume #%d)", run_id, count)
+        return self.client.get_run(run_id)
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -174,6 +203,14 @@ class MlflowTracker(Tracker):
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
+        if self._existing_params:
+            # a resumed run keeps its params (MLflow forbids changing one); differences are recorded
+            changed = {k: v for k, v in params.items() if k in self._existing_params and self._existing_params[k] != v}
+            if changed:
+                text = "; ".join(f"{k}: {self._existing_params[k]} -> {v}" for k, v in sorted(changed.items()))
+                log.warning("resumed with changed settings: %s", text)
+                self.set_tags({"alignx.resume_changed": text})
+            params = {k: v for k, v in params.items() if k not in self._existing_params}
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-request param limit
             chunk = items[i : i + 100]
@@ -185,7 +222,10 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        step = step or 0
+        # on resume, steps between the checkpoint and the interruption come round again; they
+        # were logged (with the same values, on a deterministic setup) by the interrupted attempt
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self._logged_through.get(k, -1)]
         for i in range(0, len(items), 1000):
             chunk = items[i : i + 1000]
             self._guard("log metrics", lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
