@@ -151,6 +151,37 @@ def _read_metadata(header: bytes, source: str) -> dict[str, Any]:
 # -- files -----------------------------------------------------------------------------------
 
 
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def write_safetensors(fh: Any, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Stream ``tensors`` into ``fh`` in the safetensors format, one tensor at a time.
+
+    ``safetensors.torch.save`` builds the whole file in memory first (a second copy of every
+    weight); this writes each tensor's bytes straight from its storage.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise CheckpointError(f"checkpoint tensor {name} has dtype {t.dtype}, which safetensors cannot store")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    fh.write(len(raw).to_bytes(8, "little"))
+    fh.write(raw)
+    for t in tensors.values():
+        if t.numel():
+            fh.write(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -180,13 +211,12 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path
     """Write ``checkpoint`` to ``path`` atomically (temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
     tensors, metadata = flatten(checkpoint)
     tmp = _tmp_name(path)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:
+            write_safetensors(fh, tensors, metadata)
+            fh.flush()
             os.fsync(fh.fileno())
         if path.is_symlink():
             path.unlink()
