@@ -275,6 +275,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 def checkpoint_global_step(path: str | os.PathLike) -> int:
     """A checkpoint's ``global_step`` (training steps done), read from its header alone."""
     path = Path(path)
+    if path.is_dir():  # a DeepSpeed checkpoint directory: its step is in its name
+        m = STEP_FILE.match(path.resolve().name)
+        return int(m.group(1)) if m else 0
     if is_pickle(path):
         return int(load_checkpoint(path).get("global_step", 0))
     with open(path, "rb") as fh:
@@ -290,10 +293,10 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The checkpoint to resume from in a ``checkpoints/`` dir: ``last.ckpt``, else the highest ``step-N.ckpt``."""
     directory = Path(directory)
     last = directory / "last.ckpt"
-    if last.is_file():  # follows the symlink: a dangling one does not count
+    if last.exists():  # follows the symlink: a dangling one does not count (a dir: DeepSpeed's format)
         return last
     steps = sorted(
-        ((int(m.group(1)), p) for p in directory.glob("step-*.ckpt") if (m := STEP_FILE.match(p.name)) and p.is_file()),
+        ((int(m.group(1)), p) for p in directory.glob("step-*.ckpt") if (m := STEP_FILE.match(p.name)) and p.exists()),
         reverse=True,
     )
     return steps[0][1] if steps else None

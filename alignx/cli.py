@@ -32,6 +32,16 @@ def _hydra_train(argv: Sequence[str]) -> int:
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
     from hydra.errors import OverrideParseException
 
+    if "-m" in argv or "--multirun" in argv:
+        # a launcher is only used by a multirun; name its missing install before Hydra fails to import it
+        from alignx.config import missing_extra
+
+        for o in overrides:
+            if o.startswith("hydra/launcher="):
+                need = missing_extra(o.split("=", 1)[1])
+                if need:
+                    _print_error(f"{o} needs a launcher plugin that is not installed: {need}")
+                    return 2
     try:
         check_override_keys(overrides)
     except AlignxError as exc:

@@ -140,6 +140,7 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
             except Exception as exc:  # a wrong type, e.g. data.batch_size=abc
                 raise ConfigError(f"invalid value in '{section}': {exc}".splitlines()[0]) from None
     _unknown(cfg.trainer.keys(), _trainer_keys(), "trainer.")
+    check_strategy(cfg.trainer.get("strategy"))
     if cfg.data.truncation not in TRUNCATION_POLICIES:
         raise ConfigError(
             f"data.truncation='{cfg.data.truncation}' is not a policy. Valid: {', '.join(TRUNCATION_POLICIES)}"
@@ -148,6 +149,51 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
         raise ConfigError(
             f"data.invalid_rows='{cfg.data.invalid_rows}' is not a policy. Valid: {', '.join(INVALID_ROW_POLICIES)}"
         )
+
+
+#: Python modules that optional strategies and launchers need, and the extra that installs them
+OPTIONAL_NEEDS = {
+    "deepspeed": ("deepspeed", "deepspeed"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+    "submitit": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+}
+
+
+def missing_extra(name: str) -> str | None:
+    """For a strategy or launcher name, the ``pip install`` that would make it available, if it is missing."""
+    from importlib.util import find_spec
+
+    for word, (module, extra) in OPTIONAL_NEEDS.items():
+        if word in name.lower():
+            try:
+                found = find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            return None if found else f"pip install 'alignx[{extra}]'"
+    return None
+
+
+def check_strategy(strategy: object) -> None:
+    """A ``trainer.strategy`` node (``_target_`` + arguments) names an importable class and only its arguments."""
+    if not isinstance(strategy, DictConfig):
+        return
+    from hydra.utils import get_class
+
+    target = strategy.get("_target_")
+    if not target:
+        raise ConfigError(f"trainer.strategy needs a _target_ (a strategy class path) or a name like ddp; got keys {sorted(strategy)}")
+    need = missing_extra(str(target))
+    if need:
+        raise ConfigError(f"trainer.strategy={target} needs an optional dependency that is not installed: {need}")
+    try:
+        cls = get_class(str(target))
+    except Exception as exc:  # noqa: BLE001 - any import failure is a bad path
+        raise ConfigError(f"trainer.strategy._target_={target} cannot be imported: {str(exc).splitlines()[0]}") from None
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        _unknown([k for k in strategy if k != "_target_"], set(params) - {"self"}, "trainer.strategy.")
 
 
 def check_override_keys(overrides: Sequence[str]) -> None:
