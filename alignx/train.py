@@ -514,7 +514,12 @@ def train(
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
     output_dir, outputs_root = resolve_paths(cfg)
-    from alignx.resume import ENV_CHECKPOINT, fingerprint, resolve_resume, write_run_record
+    from alignx.resume import (
+        ENV_CHECKPOINT,
+        fingerprint,
+        resolve_resume,
+        write_run_record,
+    )
 
     resume = resolve_resume(cfg, output_dir, tracking_uri(cfg, outputs_root))
     resume_from = resume.checkpoint if resume else None
