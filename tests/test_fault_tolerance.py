@@ -226,10 +226,11 @@ def test_a_pickled_checkpoint_with_code_is_refused_not_run(tmp_path: Path):
 
 
 def test_a_model_dir_with_pickled_weights_or_remote_code_runs_nothing(tmp_path: Path):
-    from alignx.models.loading import build_llama
+    from alignx.models.loading import build_hf, build_llama
 
     cfg = compose(fast())
     model, tok = build_llama(cfg.model)
+    hf = [o for o in fast("model=hf") if not o.startswith("model.")]
     marker = tmp_path / "pwned"
     pickled = tmp_path / "pickled"
     model.save_pretrained(pickled)
@@ -237,8 +238,7 @@ def test_a_model_dir_with_pickled_weights_or_remote_code_runs_nothing(tmp_path: 
     (pickled / "model.safetensors").unlink()
     torch.save({"model.embed_tokens.weight": _Payload(marker)}, pickled / "pytorch_model.bin")
     with pytest.raises(AlignxError, match=r"could not load a causal LM from directory"):
-        train(compose(fast("model=hf", f"model.name_or_path={pickled}", f"output_dir={tmp_path / 'o'}",
-                           f"outputs_root={tmp_path}")))
+        train(compose([*hf, f"model.name_or_path={pickled}", f"output_dir={tmp_path / 'o'}", f"outputs_root={tmp_path}"]))
     assert not marker.exists()
 
     remote = tmp_path / "remote"
@@ -250,8 +250,14 @@ def test_a_model_dir_with_pickled_weights_or_remote_code_runs_nothing(tmp_path: 
     config = json.loads((remote / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil_config.EvilConfig", "AutoModelForCausalLM": "evil_config.Evil"}
     (remote / "config.json").write_text(json.dumps(config))
-    assert compose(fast("model=hf")).model.trust_remote_code is False
+    hf_cfg = compose(["model=hf", f"model.name_or_path={remote}"]).model
+    assert hf_cfg.trust_remote_code is False
+    # a known architecture with an auto_map: transformers' own class is used, the repo's code is not run
+    loaded, _ = build_hf(hf_cfg)
+    assert type(loaded).__name__ == "LlamaForCausalLM" and not marker.exists()
+    # an architecture only the repo's code defines: refused, naming the setting
+    config["model_type"] = "evil_llama"
+    (remote / "config.json").write_text(json.dumps(config))
     with pytest.raises(AlignxError, match=r"trust_remote_code"):
-        train(compose(fast("model=hf", f"model.name_or_path={remote}", f"output_dir={tmp_path / 'o2'}",
-                           f"outputs_root={tmp_path}")))
+        build_hf(hf_cfg)
     assert not marker.exists()

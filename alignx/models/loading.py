@@ -82,6 +82,12 @@ def build_hf(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn.Mo
             source, dtype=dtype if dtype == "auto" else getattr(torch, dtype), **kwargs
         )
     except Exception as exc:
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"'{name}' needs its own Python code to load (its config.json names code in the repository: "
+                f"auto_map / an unknown model_type). alignx does not run a model's code unless you set "
+                f"model.trust_remote_code=true; do that only for a source you trust."
+            ) from None
         if is_local:
             raise ModelLoadError(
                 f"could not load a causal LM from directory '{local.resolve()}': {_reason(exc)}. "

@@ -1,0 +1,107 @@
+"""alignx-spin's own tests: the pair construction, the stage plan, registration through entry
+points, config errors, and the proof that SPIN improves a weak SFT model on a builtin task."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from alignx.config import compose
+from alignx.errors import ConfigError
+from alignx.registry import load_plugins
+from alignx.train import run_job, train
+from alignx_spin import SPIN, self_play_rows, spin_stages
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: a tiny job: model=tiny on the builtin sentiment task, a few seconds per run on CPU
+TINY = [
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "dataset.n_train=256",
+    "dataset.n_val=32",
+    "dataset.n_test=64",
+    "eval.num_prompts=64",
+    "eval.max_new_tokens=24",
+]
+
+
+def test_pairs_put_the_sft_target_above_the_models_own_sample():
+    rows = [{"prompt": "a", "completion": "good film"}, {"prompt": "b", "completion": "fine"},
+            {"prompt": "c", "completion": "x"}]
+    pairs, identical = self_play_rows(rows, ["bad film", " fine ", "y"])
+    assert pairs == [{"prompt": "a", "chosen": "good film", "rejected": "bad film"},
+                     {"prompt": "c", "chosen": "x", "rejected": "y"}]
+    assert identical == 1  # " fine " is the target: no signal, and chosen == rejected is no DPO pair
+    with pytest.raises(ValueError, match="3 rows but 2 samples"):
+        self_play_rows(rows, ["p", "q"])
+
+
+def test_each_iteration_starts_from_the_previous_one():
+    assert spin_stages(3) == [
+        {"name": "iteration_1", "overrides": []},
+        {"name": "iteration_2", "overrides": ["model=hf", "model.name_or_path=stage:iteration_1"]},
+        {"name": "iteration_3", "overrides": ["model=hf", "model.name_or_path=stage:iteration_2"]},
+    ]
+    # with an adapter, the next iteration's base is the merged previous iterate (its reference)
+    lora = spin_stages(2, "lora")
+    assert lora[1]["overrides"] == ["save.merge_adapter=true", "model=hf", "model.name_or_path=stage:iteration_1/../merged"]
+
+
+def test_registered_through_entry_points_with_its_config():
+    registry = load_plugins(reload=True)
+    entries = {(e.kind, e.name): e.provider for e in registry.entries()}
+    assert entries[("objective", "spin")] == "alignx-spin"
+    assert registry.get("objective", "spin") is SPIN
+    cfg = compose(["objective=spin", "objective.iterations=3", "objective.beta=0.3"])
+    assert cfg.objective.name == "spin" and cfg.objective.iterations == 3 and cfg.objective.beta == 0.3
+
+
+@pytest.mark.parametrize("override,message", [
+    ("objective.iterations=0", r"objective.iterations=0: SPIN needs at least 1 iteration"),
+    ("objective.precompute_ref_logps=true", r"precompute_ref_logps=true does not apply to SPIN"),
+    ("objective.loss=simpo", r"reference-free; SPIN is defined against the previous iterate"),
+    ("+objective.iteratons=3", r"unknown key 'objective.iteratons'. Did you mean 'objective.iterations'"),
+])
+def test_bad_config_is_named_before_any_run(tmp_path: Path, override: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        run_job(compose(["objective=spin", override, f"output_dir={tmp_path / 'o'}", f"outputs_root={tmp_path}"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_spin_improves_a_weak_sft_model(tmp_path: Path):
+    """From a weak SFT model (sentiment, model=tiny), two SPIN iterations raise the log-likelihood
+    of held-out SFT targets (lower perplexity) and the gold reward of samples; each iteration is
+    a nested MLflow run whose reference is the previous iterate."""
+    store = [f"outputs_root={tmp_path}"]
+    sft = train(compose([*TINY, *store, "objective=sft", "trainer.max_steps=60", "optim.lr=1e-3",
+                         f"output_dir={tmp_path / 'sft'}"]))
+    start = {k: sft.metrics[k] for k in ("eval/perplexity", "eval/gold_reward_sampled")}
+
+    overrides = [*TINY, *store, "objective=spin", "objective.iterations=2", "objective.beta=0.1",
+                 "objective.max_new_tokens=24", "model=hf", f"model.name_or_path={sft.model_dir}",
+                 "trainer.max_steps=40", "optim.lr=3e-4", "scheduler=constant"]
+    job = run_job(compose([*overrides, f"output_dir={tmp_path / 'spin'}"]), overrides)
+
+    client = MlflowClient(job.tracking_uri)
+    parent = client.get_run(job.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["alignx.objective"] == "spin"
+    children = sorted(client.search_runs([parent.info.experiment_id],
+                                         filter_string=f"tags.mlflow.parentRunId = '{job.run_id}'"),
+                      key=lambda r: r.info.start_time)
+    assert [r.data.tags["alignx.stage"] for r in children] == ["iteration_1", "iteration_2"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["alignx.objective"] == "spin" for r in children)
+    # iteration 2 starts from (and is referenced against) iteration 1's model
+    assert children[0].data.params["model.name_or_path"] == str(sft.model_dir)
+    assert children[1].data.params["model.name_or_path"] == str(job.stages["iteration_1"].model_dir)
+    for run in children:
+        assert run.data.metrics["spin/train/pairs"] > 200  # nearly every prompt gave a pair
+        assert "rewards/accuracies" in run.data.metrics
+
+    curve = [start] + [{k: job.metrics[f"iteration_{i}/{k}"] for k in start} for i in (1, 2)]
+    print("SPIN (iteration 0 = SFT):", [{k: round(v, 3) for k, v in c.items()} for c in curve])
+    assert curve[2]["eval/perplexity"] < curve[0]["eval/perplexity"]
+    assert curve[2]["eval/gold_reward_sampled"] > curve[0]["eval/gold_reward_sampled"] + 0.05
