@@ -59,18 +59,13 @@ def _hydra_train(argv: Sequence[str]) -> int:
         from omegaconf import ListConfig
 
         from alignx.errors import ConfigError
-        from alignx.train import train
+        from alignx.train import run_job
 
         pl_logger = logging.getLogger("lightning.pytorch")
         for handler in list(pl_logger.handlers):
             pl_logger.removeHandler(handler)
         try:
-            if cfg.get("pipeline"):
-                from alignx.pipeline import run_pipeline
-
-                job = run_pipeline(cfg, list(HydraConfig.get().overrides.task))
-            else:
-                job = train(cfg)
+            job = run_job(cfg, list(HydraConfig.get().overrides.task))
             if job.rank_zero:
                 _print_summary(job)
             # What a sweeper optimises (Optuna): the job's value of `optimized_metric`, or a list

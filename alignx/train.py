@@ -486,6 +486,37 @@ def _abs_if_local(name: str) -> str:
 # -- the job ---------------------------------------------------------------------------------
 
 
+def run_job(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Job:
+    """Run everything a composed config describes; what ``alignx [train]`` does.
+
+    A ``pipeline`` runs its stages; an objective whose :meth:`~alignx.objectives.Objective.stages`
+    returns stages (an iterative method like SPIN) runs them as a pipeline; anything else is one
+    :func:`train` run. ``overrides`` are the job's own overrides (stages are composed from them;
+    default: Hydra's command line).
+    """
+    overrides = list(overrides) if overrides is not None else _overrides(cfg)
+    if cfg.get("pipeline"):
+        from alignx.pipeline import run_pipeline
+
+        return run_pipeline(cfg, overrides)
+    registry = load_plugins()
+    validate(cfg)
+    objective_cls = registry.get("objective", str(cfg.objective.name))
+    objective_cls.check_config(cfg)
+    stages = objective_cls.stages(cfg)
+    if stages:
+        from omegaconf import open_dict
+
+        from alignx.pipeline import run_pipeline
+
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.pipeline = {"name": str(cfg.objective.name), "stages": stages}
+        return run_pipeline(cfg, overrides)
+    return train(cfg, overrides)
+
+
+
 def train(
     cfg: DictConfig,
     overrides: Sequence[str] | None = None,
@@ -508,8 +539,7 @@ def train(
     registry = load_plugins()
     validate(cfg)
     objective_cls = registry.get("objective", str(cfg.objective.name))
-    if hasattr(objective_cls, "check_config"):
-        objective_cls.check_config(cfg)
+    objective_cls.check_config(cfg)
     for group in ("model", "adapter"):
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))

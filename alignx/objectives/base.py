@@ -106,6 +106,24 @@ class Objective(L.LightningModule):
             num_workers=int(cfg.data.num_workers),
         )
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Fail before any work on a config this objective cannot run (``cfg`` is the whole job
+        config). Default: objective keys outside :attr:`config_keys` (when it lists any) are
+        named with the closest valid one. Subclasses extend it and call ``super()``."""
+        if cls.config_keys:
+            from alignx.config import _unknown
+
+            _unknown([str(k) for k in cfg.objective.keys()], cls.config_keys | {"name"}, "objective.")
+
+    @classmethod
+    def stages(cls, cfg: Any) -> list[dict] | None:
+        """An objective that is several trainings (iterative methods: SPIN, ...) returns them as
+        pipeline stages (``[{name, overrides}]``, see :mod:`alignx.pipeline`); the job then runs
+        them in order as nested MLflow runs, with the stage cache. ``cfg`` is the whole job
+        config. Default: None, one training run."""
+        return None
+
     def attach(self, job: "JobContext") -> None:
         """Called by ``train`` before fitting with what the job knows beyond the objective's node
         (full config, registry, encoded items, output dir). Default: nothing."""

@@ -93,6 +93,9 @@ class DPO(ReferenceObjective):
 
     name: ClassVar[str] = "dpo"
     data_kind: ClassVar[str] = "pairs"
+    config_keys: ClassVar[frozenset[str]] = frozenset(
+        {"loss", "beta", "label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logps"}
+    )
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         self.loss_type = str(cfg.get("loss", "sigmoid"))

@@ -62,7 +62,7 @@ def test_registered_through_entry_points_with_its_config():
 
 @pytest.mark.parametrize("override,message", [
     ("objective.iterations=0", r"objective.iterations=0: SPIN needs at least 1 iteration"),
-    ("objective.precompute_ref_logps=true", r"precompute_ref_logps=true does not apply to SPIN"),
+    ("+objective.precompute_ref_logps=true", r"precompute_ref_logps=true does not apply to SPIN"),
     ("objective.loss=simpo", r"reference-free; SPIN is defined against the previous iterate"),
     ("+objective.iteratons=3", r"unknown key 'objective.iteratons'. Did you mean 'objective.iterations'"),
 ])
@@ -86,6 +86,8 @@ def test_spin_improves_a_weak_sft_model(tmp_path: Path):
                  "trainer.max_steps=40", "optim.lr=3e-4", "scheduler=constant"]
     job = run_job(compose([*overrides, f"output_dir={tmp_path / 'spin'}"]), overrides)
 
+    curve = [start] + [{k: job.metrics[f"iteration_{i}/{k}"] for k in start} for i in (1, 2)]
+    print("SPIN (iteration 0 = SFT):", [{k: round(v, 3) for k, v in c.items()} for c in curve])
     client = MlflowClient(job.tracking_uri)
     parent = client.get_run(job.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["alignx.objective"] == "spin"
@@ -99,9 +101,7 @@ def test_spin_improves_a_weak_sft_model(tmp_path: Path):
     assert children[1].data.params["model.name_or_path"] == str(job.stages["iteration_1"].model_dir)
     for run in children:
         assert run.data.metrics["spin/train/pairs"] > 200  # nearly every prompt gave a pair
-        assert "rewards/accuracies" in run.data.metrics
+        assert "train/rewards/accuracies" in run.data.metrics
 
-    curve = [start] + [{k: job.metrics[f"iteration_{i}/{k}"] for k in start} for i in (1, 2)]
-    print("SPIN (iteration 0 = SFT):", [{k: round(v, 3) for k, v in c.items()} for c in curve])
     assert curve[2]["eval/perplexity"] < curve[0]["eval/perplexity"]
     assert curve[2]["eval/gold_reward_sampled"] > curve[0]["eval/gold_reward_sampled"] + 0.05
