@@ -21,11 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
-    "dataset.n_train=256",
-    "dataset.n_val=32",
-    "dataset.n_test=64",
-    "eval.num_prompts=64",
-    "eval.max_new_tokens=24",
+    "dataset.n_train=512",
+    "dataset.n_val=16",
+    "dataset.n_test=128",
+    "eval.num_prompts=128",
+    "eval.max_new_tokens=32",
 ]
 
 
@@ -77,13 +77,14 @@ def test_spin_improves_a_weak_sft_model(tmp_path: Path):
     of held-out SFT targets (lower perplexity) and the gold reward of samples; each iteration is
     a nested MLflow run whose reference is the previous iterate."""
     store = [f"outputs_root={tmp_path}"]
-    sft = train(compose([*TINY, *store, "objective=sft", "trainer.max_steps=60", "optim.lr=1e-3",
+    # weak: 100 steps (the README's quickstart SFT takes 300); its samples are still mostly not words
+    sft = train(compose([*TINY, *store, "objective=sft", "trainer.max_steps=100", "optim.lr=1e-3",
                          f"output_dir={tmp_path / 'sft'}"]))
     start = {k: sft.metrics[k] for k in ("eval/perplexity", "eval/gold_reward_sampled")}
 
-    overrides = [*TINY, *store, "objective=spin", "objective.iterations=2", "objective.beta=0.1",
-                 "objective.max_new_tokens=24", "model=hf", f"model.name_or_path={sft.model_dir}",
-                 "trainer.max_steps=40", "optim.lr=3e-4", "scheduler=constant"]
+    overrides = [*TINY, *store, "objective=spin", "objective.iterations=2", "objective.beta=0.5",
+                 "objective.max_new_tokens=32", "model=hf", f"model.name_or_path={sft.model_dir}",
+                 "trainer.max_steps=20", "optim.lr=3e-4", "scheduler=constant"]
     job = run_job(compose([*overrides, f"output_dir={tmp_path / 'spin'}"]), overrides)
 
     curve = [start] + [{k: job.metrics[f"iteration_{i}/{k}"] for k in start} for i in (1, 2)]
@@ -100,8 +101,10 @@ def test_spin_improves_a_weak_sft_model(tmp_path: Path):
     assert children[0].data.params["model.name_or_path"] == str(sft.model_dir)
     assert children[1].data.params["model.name_or_path"] == str(job.stages["iteration_1"].model_dir)
     for run in children:
-        assert run.data.metrics["spin/train/pairs"] > 200  # nearly every prompt gave a pair
+        assert run.data.metrics["spin/train/pairs"] > 450  # nearly every prompt gave a pair
         assert "train/rewards/accuracies" in run.data.metrics
 
-    assert curve[2]["eval/perplexity"] < curve[0]["eval/perplexity"]
-    assert curve[2]["eval/gold_reward_sampled"] > curve[0]["eval/gold_reward_sampled"] + 0.05
+    # each iteration: held-out SFT targets more likely; samples' gold reward higher
+    assert curve[2]["eval/perplexity"] < curve[1]["eval/perplexity"] < curve[0]["eval/perplexity"]
+    assert curve[2]["eval/gold_reward_sampled"] > curve[1]["eval/gold_reward_sampled"] > curve[0]["eval/gold_reward_sampled"]
+    assert curve[2]["eval/gold_reward_sampled"] > 2 * curve[0]["eval/gold_reward_sampled"]
