@@ -113,6 +113,8 @@ def main() -> None:
         r = results[fmt]
         lines.append(f"| {label} | {r['size_mb']:.1f} | {r['write_s']:.3f} | {r['write_s'] / base['write_s']:.2f}x | "
                      f"{r['read_s']:.3f} | {r['read_s'] / base['read_s']:.2f}x | {r['peak_extra_mb']:.0f} |")
+    lines += ["", "Notes: the alignx read memory-maps the file (safetensors' safe_open): pages are read on first use, so",
+              "its read time is parsing and mapping. Peak RSS counts the pages a writer touched. Both writers fsync."]
     text = "\n".join(lines) + "\n"
     print(text)
     device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
