@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import fast, require_example_plugin, run_cli, start_background_fixtures
+from conftest import fast, require_example_plugin, run_cli, start_background_fixtures, sweep_runs
 
 NO_AUTOLOAD_ENV = {"ALIGNX_DISABLE_PLUGIN_AUTOLOAD": None, "ALIGNX_PLUGINS": None}
 TRAINER_KEYS = ("accelerator", "devices", "max_epochs", "max_steps", "precision")
@@ -146,6 +146,9 @@ def test_train_writes_model_config_and_hydra_dir_and_prints_mlflow_ui(bg_train: 
     assert db.is_absolute(), f"the store path must be absolute, got {match.group(1)!r}"
     assert db == (tmp / "mlflow.db").resolve() and db.is_file()
     assert not (tmp / "outputs").exists()
+    # a single job is one top-level run: no sweep parent, no parent tag
+    parents, children = sweep_runs(tmp)
+    assert parents == [] and children == []
 
 
 def test_multirun_with_basic_launcher_runs_every_job(bg_multirun: tuple[Future, Path]):

@@ -50,8 +50,3 @@ def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):
     assert not any(r.info.status == "RUNNING" for r in [*parents, *children])
 
 
-def test_single_runs_have_no_parent(tmp_path):
-    proc = run_cli([*fast("trainer.max_steps=2"), f"hydra.run.dir={tmp_path / 'run'}", f"outputs_root={tmp_path}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    parents, children = sweep_runs(tmp_path)
-    assert parents == [] and children == []
