@@ -56,25 +56,30 @@ def test_slurm_launchers_compose_on_the_command_line(tmp_path: Path, launcher: s
     assert list(tmp_path.iterdir()) == [], "--cfg hydra must write nothing"
 
 
-def test_alignx_slurm_preset_gives_submitit_valid_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """What SlurmLauncher.launch does before submitting, on the preset: no sbatch needed."""
+def sbatch_script(launcher_params: dict, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The sbatch script submitit would submit for these (resolved) launcher params; nothing is submitted."""
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    # the executor refuses to exist where `srun` is missing; nothing here submits anything
+    # the executor refuses to exist where `srun` is missing
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
-
-    cfg = compose(["hydra/launcher=alignx_slurm", f"hydra.sweep.dir={tmp_path}", "hydra.launcher.partition=gpu"],
-                  return_hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert params.pop("_target_") == SLURM_TARGET
-    assert params["timeout_min"] == 240 and params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1
-    assert params["nodes"] == 1 and params["partition"] == "gpu"
+    params = {k: v for k, v in launcher_params.items() if k != "_target_"}
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
                                      slurm_max_num_timeout=params.pop("max_num_timeout"))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = executor._executor._make_submission_file_text("python -c pass", "uid")
+    return executor._executor._make_submission_file_text("python -c pass", "uid")
+
+
+def test_alignx_slurm_preset_gives_submitit_valid_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """What SlurmLauncher.launch does before submitting, on the preset: no sbatch needed."""
+    cfg = compose(["hydra/launcher=alignx_slurm", f"hydra.sweep.dir={tmp_path}", "hydra.launcher.partition=gpu"],
+                  return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params["_target_"] == SLURM_TARGET
+    assert params["timeout_min"] == 240 and params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1
+    assert params["nodes"] == 1 and params["partition"] == "gpu"
+    script = sbatch_script(params, monkeypatch)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=240",
                  "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB"):
         assert line in script, script
@@ -150,9 +155,6 @@ def _readme_multinode_command() -> list[str]:
 
 
 def test_readme_multi_node_example_composes_to_2_nodes_x_8_gpus_with_fsdp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
     args = _readme_multinode_command()
     assert args[0] == "-m"
     sweeps = [a for a in args[1:] if "," in a.split("=", 1)[1]]
@@ -168,14 +170,7 @@ def test_readme_multi_node_example_composes_to_2_nodes_x_8_gpus_with_fsdp(tmp_pa
     assert cfg.resume == "auto" and cfg.checkpoint.every_n_steps == 200
     assert cfg.tracking.uri.startswith("http://")
 
-    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
-    params = OmegaConf.to_container(launcher, resolve=True)
-    params.pop("_target_")
-    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = executor._executor._make_submission_file_text("python -c pass", "uid")
+    script = sbatch_script(OmegaConf.to_container(launcher, resolve=True), monkeypatch)
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --partition=gpu", "#SBATCH --time=720"):
         assert line in script, script
