@@ -91,10 +91,6 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str, seen: dict[A
             return _encode(torch.from_numpy(np.ascontiguousarray(obj)), tensors, where, seen)
         if isinstance(obj, np.generic):
             return obj.item()
-    if hasattr(obj, "_asdict"):  # namedtuple
-        return {"$tuple": [_encode(v, tensors, f"{where}[{i}]", seen) for i, v in enumerate(obj)]}
-    if type(obj).__name__ == "AttributeDict" or isinstance(obj, dict):
-        return _encode(dict(obj), tensors, where, seen)
     raise CheckpointError(
         f"checkpoint value at {where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint may hold "
         f"tensors, numbers, strings, None and lists/tuples/dicts of them (anything else would need pickle to load)"

@@ -142,7 +142,7 @@ def resolve_resume(cfg: DictConfig, output_dir: Path, tracking_uri: str | None) 
         if path.is_dir():
             ckpt = latest_checkpoint(path / "checkpoints") if (path / "checkpoints").is_dir() else latest_checkpoint(path)
         else:
-            ckpt = path if path.exists() and path.suffix == ".ckpt" else (path if path.is_file() else None)
+            ckpt = path if path.is_file() else None
         if ckpt is None:
             raise ConfigError(
                 f"resume={value}: no checkpoint at '{path}' (expected a .ckpt file or a job's output dir with "
