@@ -399,3 +399,16 @@ def model_checkpoint(dirpath: Path, every_n_steps: int) -> Any:
         save_last="link",
         enable_version_counter=False,
     )
+
+
+def save_checkpoint_now(trainer: Any) -> Path | None:
+    """Write the job's checkpoint for the current step now (``step-NNNNNN.ckpt`` and ``last.ckpt``),
+    as the periodic checkpoint would; None when the job does not checkpoint (``checkpoint.every_n_steps``)."""
+    cb = trainer.checkpoint_callback
+    if cb is None or not trainer.checkpoint_callbacks:
+        return None
+    candidates = cb._monitor_candidates(trainer)
+    path = cb.format_checkpoint_name(candidates)
+    cb._save_checkpoint(trainer, path)
+    cb._save_last_checkpoint(trainer, candidates)
+    return Path(path)

@@ -59,7 +59,7 @@ def _hydra_train(argv: Sequence[str]) -> int:
         from omegaconf import ListConfig
 
         from alignx.errors import ConfigError
-        from alignx.train import run_job
+        from alignx.job import run_job
 
         pl_logger = logging.getLogger("lightning.pytorch")
         for handler in list(pl_logger.handlers):

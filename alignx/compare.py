@@ -21,6 +21,8 @@ from typing import Any, Sequence
 from urllib.parse import unquote, urlparse
 
 from alignx.errors import AlignxError
+from alignx.paths import resolve_outputs_root
+from alignx.tracking.sweep_state import read_parent
 
 #: metrics shown when none are asked for, in this order; only those some job has are kept
 DEFAULT_METRICS = ("eval/gold_reward_sampled", "eval/gold_reward_greedy", "eval/perplexity", "val/loss")
@@ -197,7 +199,6 @@ def default_uri() -> str:
     from omegaconf import OmegaConf
 
     from alignx.tracking.run import default_tracking_uri
-    from alignx.train import resolve_outputs_root
 
     return default_tracking_uri(resolve_outputs_root(OmegaConf.create()))
 
@@ -207,7 +208,6 @@ def default_uri() -> str:
 
 def _read_sweep_record(sweep_dir: Path) -> dict:
     """The sweep callback's record (parent run id, tracking uri); {} if missing or unreadable."""
-    from alignx.tracking.sweep import read_parent
 
     try:
         return read_parent(sweep_dir) or {}
@@ -554,7 +554,6 @@ def _default_out(parent) -> Path:
     """``<sweep dir>/compare`` next to the jobs; else under the outputs root, by parent id."""
     from omegaconf import OmegaConf
 
-    from alignx.train import resolve_outputs_root
 
     sweep_dir = parent.data.tags.get(SWEEP_DIR_TAG)
     if sweep_dir and Path(sweep_dir).is_dir():

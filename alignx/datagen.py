@@ -21,6 +21,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
+from alignx.data.rows import load_rows
+from alignx.data.tokenize import prompt_is_templated, prompt_text
+from alignx.errors import ConfigError, DataError
+from alignx.generation import generate
+from alignx.registry import load_plugins
+from alignx.rewards.combine import build_reward
+
 DATAGEN_KINDS = ("rlaif", "raft")
 
 
@@ -29,8 +38,6 @@ def sample_groups(
     prompt_is_templated: bool = False,
 ) -> list[list[str]]:
     """``n`` sampled completions per prompt, [[c_1 .. c_n] per prompt]."""
-    from alignx.generation import generate
-
     many = [p for p in prompts for _ in range(n)]
     texts = generate(model, tokenizer, many, max_new_tokens=int(gen["max_new_tokens"]), temperature=float(gen["temperature"]),
                      top_k=int(gen["top_k"]), top_p=float(gen["top_p"]), seed=seed, prompt_is_templated=prompt_is_templated)
@@ -87,12 +94,6 @@ def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 def generate_dataset(cfg: Any, kind: str, options: Mapping[str, Any], out_path: Path) -> tuple[Path, dict[str, float]]:
     """Sample from ``cfg.model`` on the training prompts of ``cfg.dataset``, score with ``cfg.reward``,
     and write ``kind`` rows to ``out_path``; returns (path, metrics)."""
-    from alignx.data.tokenize import prompt_is_templated, prompt_text
-    from alignx.errors import ConfigError, DataError
-    from alignx.registry import load_plugins
-    from alignx.rewards.combine import build_reward
-    from alignx.train import load_rows
-
     if kind not in DATAGEN_KINDS:
         raise ConfigError(f"unknown data stage kind '{kind}'. Valid: {', '.join(DATAGEN_KINDS)}")
     registry = load_plugins()
@@ -104,8 +105,6 @@ def generate_dataset(cfg: Any, kind: str, options: Mapping[str, Any], out_path: 
     chat = bool(cfg.data.chat_template)
     prompts = [prompt_text(r, tokenizer, chat) for r in rows]
     templated = any(prompt_is_templated(r, chat) for r in rows)
-    import torch
-
     if torch.cuda.is_available():
         model = model.cuda()
     reward = build_reward(cfg.reward, registry)

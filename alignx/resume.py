@@ -75,6 +75,16 @@ def write_run_record(output_dir: Path, *, run_id: str, tracking_uri: str, experi
     os.replace(tmp, path)
 
 
+def update_run_record(output_dir: Path, **fields: Any) -> None:
+    """Add ``fields`` to ``<output_dir>/run.json`` (e.g. how the run ended, tracking gaps), atomically."""
+    record = read_run_record(output_dir) or {}
+    record.update(fields)
+    path = output_dir / RUN_FILE
+    tmp = path.with_name(f".{RUN_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 def read_run_record(output_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((output_dir / RUN_FILE).read_text())

@@ -1,9 +1,17 @@
-"""The shared base of every objective: optimisation, logging and the data hooks.
+"""The shared base of every objective: optimisation, logging, the data hooks, and the job contract.
 
 A concrete objective declares which row kind it trains on, how a row is encoded and
 collated, and implements :meth:`Objective.step` (batch -> loss and metrics) with the pure
 functions in :mod:`alignx.losses`. Everything else (optimizer and schedule from config,
 metric logging with train/ and val/ prefixes) lives here once.
+
+Everything the job (:mod:`alignx.job`) and ``alignx eval`` ask of an objective is declared on
+:class:`Objective` with its default and documented there: class attributes
+(:attr:`~Objective.generates_text`, :attr:`~Objective.eval_kind`,
+:attr:`~Objective.merge_adapter_on_save`, ...), classmethods run before any model exists
+(:meth:`~Objective.row_kind`, :meth:`~Objective.test_kind`, :meth:`~Objective.check_config`,
+:meth:`~Objective.stages`, ...), and instance state read after training
+(:attr:`~Objective.step_metrics`, :attr:`~Objective.final_metrics`). The job reads nothing else.
 """
 
 from __future__ import annotations
@@ -18,8 +26,14 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 import lightning as L
 import torch
 
+from alignx.checkpoint import rng_state, set_rng_state
+from alignx.config import _unknown as check_known_keys  # TODO(lead): public name once config.py settles
 from alignx.data.batching import collate_sft
+from alignx.data.module import AlignDataModule
 from alignx.data.tokenize import encode_sft_row
+from alignx.losses.preference import sequence_logps
+from alignx.models.adapters import is_peft
+from alignx.models.reference import PrecomputeReferenceLogps
 
 
 class Objective(L.LightningModule):
@@ -31,6 +45,15 @@ class Objective(L.LightningModule):
     data_kind: ClassVar[str] = "sft"
     #: keys the objective's config node may hold (besides ``name``); checked before any work
     config_keys: ClassVar[frozenset[str]] = frozenset()
+    #: the trained model is a policy, so evaluation samples completions from it; False for a
+    #: scorer (a reward model), which evaluation instead scores on held-out rows of :attr:`eval_kind`
+    generates_text: ClassVar[bool] = True
+    #: for objectives that do not generate text: the held-out row kind evaluation scores
+    #: (a reward model: ``"pairs"``, giving ``eval/rm_accuracy``); None = no evaluation
+    eval_kind: ClassVar[str | None] = None
+    #: with an adapter, the saved artifact must be one plain model (also ``<output_dir>/merged``),
+    #: e.g. a reward model that PPO loads as its reward and value model
+    merge_adapter_on_save: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -51,12 +74,33 @@ class Objective(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.total_steps = max(1, int(total_steps))
+        #: what the job knows beyond the objective's node; set by :meth:`bind` before fitting
+        self.context: JobContext | None = None
+        #: metrics of the last training step that Lightning's logged metrics do not carry (online
+        #: RL's per-iteration table); the job adds them to its result
+        self.step_metrics: dict[str, float] = {}
+        #: metrics computed once training ended (e.g. a reward model's normalisation statistics);
+        #: the job logs them at the last step
+        self.final_metrics: dict[str, float] = {}
 
     # -- model and data hooks ------------------------------------------------------------
     @classmethod
     def row_kind(cls, cfg: Mapping[str, Any]) -> str:
         """The row kind this objective trains on, given its config node (default: :attr:`data_kind`)."""
         return cls.data_kind
+
+    @classmethod
+    def test_kind(cls, cfg: Any) -> str | None:
+        """The row kind evaluation reads from the held-out split (``cfg`` is the whole job config).
+
+        A policy is evaluated on demonstrations where a builtin task has them (so perplexity is
+        comparable across objectives), else on held-out rows of the kind it trains on (a
+        pairs-only file has no sft rows: its chosen completions serve as references). A scorer
+        reads :attr:`eval_kind`.
+        """
+        if not cls.generates_text:
+            return cls.eval_kind
+        return "sft" if str(cfg.dataset.source) == "builtin" else cls.row_kind(cfg.objective)
 
     @classmethod
     def prepare_model(cls, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any]) -> torch.nn.Module:
@@ -93,8 +137,6 @@ class Objective(L.LightningModule):
     @classmethod
     def datamodule(cls, train_items: list[dict], val_items: list[dict], tokenizer: Any, cfg: Any) -> L.LightningDataModule:
         """The data module the trainer iterates (default: length-bucketed batches of encoded items)."""
-        from alignx.data.module import AlignDataModule
-
         return AlignDataModule(
             train_items,
             val_items,
@@ -112,9 +154,7 @@ class Objective(L.LightningModule):
         config). Default: objective keys outside :attr:`config_keys` (when it lists any) are
         named with the closest valid one. Subclasses extend it and call ``super()``."""
         if cls.config_keys:
-            from alignx.config import _unknown
-
-            _unknown([str(k) for k in cfg.objective.keys()], cls.config_keys | {"name"}, "objective.")
+            check_known_keys([str(k) for k in cfg.objective.keys()], cls.config_keys | {"name"}, "objective.")
 
     @classmethod
     def stages(cls, cfg: Any) -> list[dict] | None:
@@ -124,9 +164,14 @@ class Objective(L.LightningModule):
         config. Default: None, one training run."""
         return None
 
+    def bind(self, job: "JobContext") -> None:
+        """What the job calls before fitting: keeps ``job`` as :attr:`context`, then :meth:`attach`."""
+        self.context = job
+        self.attach(job)
+
     def attach(self, job: "JobContext") -> None:
-        """Called by ``train`` before fitting with what the job knows beyond the objective's node
-        (full config, registry, encoded items, output dir). Default: nothing."""
+        """A hook with what the job knows beyond the objective's node (full config, registry,
+        encoded items, output dir), called once before fitting. Default: nothing."""
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimizer updates (default: the policy's trainable ones)."""
@@ -170,8 +215,6 @@ class Objective(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds the RNG states, so a resumed run draws what the uninterrupted one would have.
         Subclasses that override this call ``super()``."""
-        from alignx.checkpoint import rng_state
-
         checkpoint["alignx_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -182,8 +225,6 @@ class Objective(L.LightningModule):
         # training batch may consume random numbers, and Lightning does work in between
         state = getattr(self, "_rng_to_restore", None)
         if state is not None:
-            from alignx.checkpoint import set_rng_state
-
             set_rng_state(state)
             self._rng_to_restore = None
 
@@ -210,6 +251,8 @@ class JobContext:
     train_items: list[dict]
     val_items: list[dict]
     output_dir: Any = None
+    #: where shared caches live (``<outputs_root>/cache``); None: no caching
+    outputs_root: Any = None
     #: extra encoded rows an objective asked for (see :meth:`Objective.auxiliary_kinds`)
     auxiliary: dict[str, list[dict]] = field(default_factory=dict)
 
@@ -249,12 +292,13 @@ class ReferenceObjective(Objective):
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
-        self.beta = float(cfg.get("beta", 0.1))
-        self.precompute_ref = bool(cfg.get("precompute_ref_logps", False)) and self.needs_reference()
+        self.beta = float(cfg["beta"])
+        self.precompute_ref = bool(cfg["precompute_ref_logps"]) and self.needs_reference()
+        self._precompute: PrecomputeReferenceLogps | None = None
         # Held outside the module tree on purpose: Lightning switches every submodule to train
         # mode at fit start (dropout on in the reference) and would checkpoint its weights.
         self._ref: list[torch.nn.Module] = []
-        if self.needs_reference() and not self.precompute_ref and not _is_peft(model):
+        if self.needs_reference() and not self.precompute_ref and not is_peft(model):
             self._ref.append(copy.deepcopy(model).eval().requires_grad_(False))
 
     def needs_reference(self) -> bool:
@@ -270,6 +314,26 @@ class ReferenceObjective(Objective):
         if self.ref_model is not None:
             self.ref_model.to(self.device).eval()
 
+    def configure_callbacks(self) -> list[Any]:
+        """With ``precompute_ref_logps``, the callback that computes (or loads from the shared
+        cache) every item's reference log-probs at fit start."""
+        if not self.precompute_ref:
+            return []
+        cfg = self.context.cfg if self.context is not None else None
+        cache = cfg is not None and bool(cfg.data.cache) and self.context.outputs_root is not None
+        self._precompute = PrecomputeReferenceLogps(
+            self.context.outputs_root / "cache" / "ref_logps" if cache else None,
+            int(cfg.data.eval_batch_size) if cfg is not None else 64,
+            progress=bool(cfg.trainer.enable_progress_bar) if cfg is not None else False,
+        )
+        return [self._precompute]
+
+    def on_fit_end(self) -> None:
+        if self._precompute is not None:
+            self.final_metrics.update(
+                {f"data/{split}/ref_logps_cache_hit": float(hit) for split, hit in self._precompute.hits.items()}
+            )
+
     @contextmanager
     def reference(self) -> Iterator[torch.nn.Module | None]:
         """The reference policy as a module, for the duration of the block.
@@ -281,7 +345,7 @@ class ReferenceObjective(Objective):
             yield None
         elif self.ref_model is not None:
             yield self.ref_model
-        elif _is_peft(self.model):
+        elif is_peft(self.model):
             with self.model.disable_adapter():
                 yield self.model
         else:
@@ -310,12 +374,4 @@ class ReferenceObjective(Objective):
                 logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             finally:
                 ref.train(was_training)
-        from alignx.losses.preference import sequence_logps
-
         return sequence_logps(logits, batch["labels"])[0]
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    from alignx.models.adapters import is_peft
-
-    return is_peft(model)

@@ -1,0 +1,78 @@
+"""``alignx eval``: the evaluation suite on a saved model, through the same objective contract as a job."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from alignx.config import compose, validate
+from alignx.data.rows import load_rows
+from alignx.evaluation.suite import evaluate
+from alignx.models.heads import is_reward_model
+from alignx.models.loading import build_hf
+from alignx.paths import resolve_outputs_root
+from alignx.registry import load_plugins
+from alignx.tracking.start import resolve_model_reference, start_tracking, tracking_uri
+
+
+def evaluate_model(
+    model_ref: str, overrides: Sequence[str] = (), *, reference: str | None = None, track: bool = True,
+) -> tuple[dict[str, float], list[dict], str | None]:
+    """``alignx eval``: the evaluation suite on a saved model (a directory or ``runs:/<id>/<path>``).
+
+    The config is composed like a job's (``overrides``: dataset, eval settings, ``eval.reward_model``
+    ...). A reward model (a sequence classifier) is evaluated as objective ``rm`` would be (its
+    ranking accuracy on held-out pairs); a policy as objective ``sft`` would be (gold reward,
+    perplexity, learned-RM scores, best-of-N and, with ``reference`` — a model directory or URI,
+    e.g. the SFT model it started from — KL from it and win rate against it). Returns (metrics,
+    samples, MLflow run id); the run is tagged ``alignx.eval=true``.
+    """
+    cfg = compose(["model=hf", *overrides])
+    validate(cfg)
+    outputs_root = resolve_outputs_root(cfg)
+    uri = tracking_uri(cfg, outputs_root) or f"sqlite:///{outputs_root / 'mlflow.db'}"
+    downloads = Path(tempfile.mkdtemp(prefix="alignx-eval-"))
+    cfg.model.name_or_path = resolve_model_reference(model_ref, uri, downloads / "model")
+    registry = load_plugins()
+    model, tokenizer = _load_any(cfg.model)
+    objective_cls = registry.get("objective", "rm" if is_reward_model(model) else "sft")
+    kind = objective_cls.test_kind(cfg)
+    rows = load_rows(OmegaConf.merge(cfg, {"eval": {"enabled": True}}), registry, kind, kind)["test"]
+    ref_factory = None
+    if reference:
+        ref_local = resolve_model_reference(reference, uri, downloads / "reference")
+        ref_model, _ = _load_any(OmegaConf.merge(cfg.model, {"name_or_path": ref_local}))
+        device = next(model.parameters()).device
+
+        @contextmanager
+        def ref_factory() -> Iterator[torch.nn.Module]:
+            yield ref_model.to(device).eval()
+
+    metrics, samples = evaluate(cfg, registry, model, tokenizer, objective_cls, list(rows), reference=ref_factory)
+    run_id = None
+    if track and cfg.tracking.name != "none":
+        tags = {"alignx.eval": "true", "alignx.eval_model": model_ref, **({"alignx.eval_reference": reference} if reference else {})}
+        tracker = start_tracking(cfg, outputs_root, list(overrides), run_name=f"eval {Path(model_ref).name or model_ref}",
+                                 extra_tags=tags)
+        tracker.log_metrics(metrics, step=0)
+        if samples:
+            tracker.log_table(samples, "samples/generations.json")
+        tracker.finish("FINISHED")
+        run_id = tracker.run_id
+    return metrics, samples, run_id
+
+
+def _load_any(model_cfg: Any) -> tuple[Any, Any]:
+    """A saved causal LM through the normal loader, or a saved reward model (sequence classifier)."""
+    path = Path(str(model_cfg.name_or_path)).expanduser()
+    config = path / "config.json"
+    if config.is_file() and any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or []):
+        return AutoModelForSequenceClassification.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    return build_hf(model_cfg)

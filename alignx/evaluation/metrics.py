@@ -1,0 +1,230 @@
+"""Evaluation metrics as plain functions: gold reward of greedy and sampled completions,
+perplexity, KL from the reference policy, win rate, best-of-N, reward-model ranking accuracy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+import torch
+
+from alignx.data.batching import collate_sft
+from alignx.data.tokenize import encode_prompt
+from alignx.generation import generate
+from alignx.losses.preference import sequence_logps
+from alignx.losses.sft import sft_loss
+from alignx.ops.logprobs import IGNORE_INDEX
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+
+
+def reference_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Held-out rows of any kind as sft rows: a prompt and a good reference completion.
+
+    pairs -> the chosen completion; ranked -> the best-ranked one; unpaired -> the desirable
+    rows (all rows if none is); sft rows pass through. A message-list prompt becomes a
+    ``messages`` conversation. Prompts feed generation, completions feed perplexity.
+    """
+    out = []
+    desirable = [r for r in rows if r.get("label") is True]
+    for row in desirable if desirable else rows:
+        if "completion" not in row and "messages" in row:
+            out.append(dict(row))
+            continue
+        if "chosen" in row:
+            completion = row["chosen"]
+        elif "completions" in row:
+            ranks = list(row["ranks"])
+            completion = row["completions"][ranks.index(min(ranks))]
+        else:
+            completion = row["completion"]
+        prompt = row.get("prompt", "")
+        if isinstance(prompt, list):
+            out.append({"messages": [*prompt, {"role": "assistant", "content": completion}]})
+        else:
+            out.append({"prompt": prompt, "completion": completion})
+    return out
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> float:
+    """exp(mean NLL per completion token) over encoded, collated held-out batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss, n = sft_loss(out.logits, batch["labels"])
+            total += float(loss) * int(n)
+            count += int(n)
+    finally:
+        model.train(was_training)
+    return math.exp(total / count) if count else float("nan")
+
+
+@torch.no_grad()
+def completion_logps(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    prompt_is_templated: bool = False,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Summed log-probability of each completion given its prompt, [N] (on CPU)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        items = []
+        for p, c in zip(prompts, completions):
+            p_ids = encode_prompt(p, tokenizer, prompt_is_templated)
+            c_ids = list(tokenizer(c, add_special_tokens=False)["input_ids"])
+            items.append({"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids})
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in collate_sft(items[start : start + batch_size], tokenizer.pad_token_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out.append(sequence_logps(logits, batch["labels"])[0].float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def kl_to_reference(
+    model: torch.nn.Module,
+    reference: Callable[[], ContextManager[torch.nn.Module]],
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    prompt_is_templated: bool = False,
+) -> float:
+    """Monte-Carlo KL(π || π_ref) per sequence: mean over samples y ~ π of log π(y|x) - log π_ref(y|x).
+
+    Unbiased when ``completions`` were sampled from ``model`` at temperature 1 without top-k/p
+    truncation (evaluation's defaults); otherwise a KL-like distance on those samples.
+    ``reference`` enters the reference policy (e.g. the same model with adapters disabled), so
+    the policy's log-probs are taken first.
+    """
+    kw = dict(prompt_is_templated=prompt_is_templated)
+    policy = completion_logps(model, tokenizer, prompts, completions, **kw)
+    with reference() as ref:
+        ref_lp = completion_logps(ref, tokenizer, prompts, completions, **kw)
+    return float((policy - ref_lp).mean()) if policy.numel() else float("nan")
+
+
+def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) -> float:
+    """Share of prompts where the policy's completion scores higher than the reference's; a tie counts half."""
+    if len(policy_scores) != len(reference_scores):
+        raise ValueError(f"one reference score per policy score expected, got {len(reference_scores)} and {len(policy_scores)}")
+    if not policy_scores:
+        return float("nan")
+    wins = sum(1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(policy_scores, reference_scores))
+    return wins / len(policy_scores)
+
+
+def pair_accuracy(score: RewardFn, rows: Sequence[Mapping[str, Any]]) -> float:
+    """Share of preference pairs whose chosen completion ``score`` rates above the rejected one (ties: half)."""
+    prompts = [r["prompt"] for r in rows]
+    chosen = list(score(prompts, [r["chosen"] for r in rows]))
+    rejected = list(score(prompts, [r["rejected"] for r in rows]))
+    return win_rate(chosen, rejected)
+
+
+def best_of_n(scores: Sequence[float], n: int) -> list[float]:
+    """The best of each consecutive group of ``n`` scores (``n`` samples per prompt, in prompt order)."""
+    if n < 1 or len(scores) % n:
+        raise ValueError(f"{len(scores)} scores are not whole groups of n={n}")
+    return [max(scores[i : i + n]) for i in range(0, len(scores), n)]
+
+
+def evaluate_policy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    cfg: Mapping[str, Any],
+    *,
+    reward_fn: RewardFn | None = None,
+    ppl_batches: Sequence[Mapping[str, torch.Tensor]] = (),
+    seed: int = 0,
+    prompt_is_templated: bool = False,
+    reference: Callable[[], ContextManager[torch.nn.Module]] | None = None,
+    reward_models: Mapping[str, RewardFn] | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
+
+    With ``reference``, also ``eval/kl_to_reference`` on the sampled completions (see
+    :func:`kl_to_reference`) and ``eval/win_rate``: how often the policy's sample beats the
+    reference policy's sample for the same prompt by the gold reward (``eval/win_rate_<rm>`` by
+    each reward model); ``cfg.best_of_n`` > 1 adds ``eval/gold_reward_best_of_<n>``; each of ``reward_models`` (name -> reward function, e.g. a
+    :class:`~alignx.rewards.model.RewardModelScorer`) adds ``eval/<name>_reward_greedy|sampled``,
+    the learned (proxy) reward next to the gold one. ``samples`` is a table (list of row dicts)
+    of prompts, completions and their gold reward, for logging as an artifact.
+    """
+    metrics: dict[str, float] = {}
+    samples: list[dict] = []
+    gen = dict(
+        max_new_tokens=int(cfg["max_new_tokens"]),
+        seed=seed,
+        prompt_is_templated=prompt_is_templated,
+    )
+    if prompts:
+        # repeated prompts get independent samples, but their greedy completion is computed once
+        unique = list(dict.fromkeys(prompts))
+        by_prompt = dict(zip(unique, generate(model, tokenizer, unique, greedy=True, **gen)))
+        greedy = [by_prompt[p] for p in prompts]
+        sampled = generate(
+            model,
+            tokenizer,
+            prompts,
+            temperature=float(cfg["temperature"]),
+            top_k=int(cfg["top_k"]),
+            top_p=float(cfg["top_p"]),
+            **gen,
+        )
+        g_scores = list(reward_fn(prompts, greedy)) if reward_fn else [None] * len(prompts)
+        s_scores = list(reward_fn(prompts, sampled)) if reward_fn else [None] * len(prompts)
+        if reward_fn:
+            metrics["eval/gold_reward_greedy"] = sum(g_scores) / len(g_scores)
+            metrics["eval/gold_reward_sampled"] = sum(s_scores) / len(s_scores)
+        ref_sampled: list[str] | None = None
+        if reference is not None:
+            metrics["eval/kl_to_reference"] = kl_to_reference(
+                model, reference, tokenizer, prompts, sampled, prompt_is_templated=prompt_is_templated
+            )
+            # win rate against the reference policy: its own samples for the same prompts, same seed
+            with reference() as ref:
+                ref_sampled = generate(ref, tokenizer, prompts, temperature=float(cfg["temperature"]),
+                                       top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]), **gen)
+            if reward_fn:
+                metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(prompts, ref_sampled)))
+        for name, fn in (reward_models or {}).items():
+            kw = {"prompt_is_templated": prompt_is_templated} if hasattr(fn, "encode") else {}
+            metrics[f"eval/{name}_reward_greedy"] = _mean(fn(prompts, greedy, **kw))
+            rm_sampled = list(fn(prompts, sampled, **kw))
+            metrics[f"eval/{name}_reward_sampled"] = _mean(rm_sampled)
+            if ref_sampled is not None:
+                metrics[f"eval/win_rate_{name}"] = win_rate(rm_sampled, list(fn(prompts, ref_sampled, **kw)))
+        n = int(cfg.get("best_of_n", 1) or 1)
+        if n > 1 and reward_fn:
+            # inference-time alignment: sample n per prompt, keep the best by the gold reward
+            many = [p for p in prompts for _ in range(n)]
+            samples_n = generate(model, tokenizer, many, temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"]),
+                                 top_p=float(cfg["top_p"]), **{**gen, "seed": seed + 1})
+            metrics[f"eval/gold_reward_best_of_{n}"] = _mean(best_of_n(list(reward_fn(many, samples_n)), n))
+        n_log = int(cfg.get("num_logged_samples", 16))
+        for p, g, gs, s, ss in list(zip(prompts, greedy, g_scores, sampled, s_scores))[:n_log]:
+            samples.append({"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss})
+    if ppl_batches:
+        metrics["eval/perplexity"] = perplexity(model, ppl_batches)
+    return metrics, samples
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
