@@ -6,8 +6,9 @@ from alignx.registry import Registry
 
 
 def register(registry: Registry) -> None:
-    """Register the built-in objectives, tasks, dataset sources, models, adapters and rewards."""
+    """Register the built-in objectives, tasks, dataset sources, models, adapters, rewards and preference losses."""
     from alignx.data.sources import SOURCES
+    from alignx.losses.dpo_family import BUILTIN_PREFERENCE_LOSSES
     from alignx.models.adapters import lora, no_adapter
     from alignx.models.loading import build_hf, build_llama
     from alignx.objectives.dpo import DPO
@@ -21,6 +22,9 @@ def register(registry: Registry) -> None:
     registry.register("objective", SFT.name, SFT)
     registry.register("objective", DPO.name, DPO)
     registry.register("objective", KTO.name, KTO)
+    # the DPO family: objective=dpo objective.loss=<name> looks these up
+    for loss in BUILTIN_PREFERENCE_LOSSES:
+        registry.register("preference_loss", loss.name, loss)
     registry.register("objective", RewardModel.name, RewardModel)
     for online in (PPO, GRPO, RLOO):
         registry.register("objective", online.name, online)

@@ -45,6 +45,8 @@ KINDS: dict[str, str] = {
     "reward": "reward function: (prompts, completions) -> list[float], or a factory marked with "
     "alignx.rewards.combine.reward_factory that takes config options and returns one",
     "format": "row format: (raw row: dict, dataset cfg) -> dict in a canonical schema (applied before validation)",
+    "preference_loss": "DPO-family loss for objective.loss: an alignx.losses.PreferenceLoss (one function plus "
+    "needs_reference, length_normalised, needs_nll)",
 }
 
 T = TypeVar("T")
@@ -100,7 +102,7 @@ class Registry:
             valid = sorted(table)
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise PluginError(f"unknown {kind} '{name}'. Valid {kind}s: {', '.join(valid) or '(none)'}.{hint}")
+            raise PluginError(f"unknown {kind} '{name}'. Valid {_plural(kind)}: {', '.join(valid) or '(none)'}.{hint}")
         return table[name].obj
 
     def names(self, kind: str) -> list[str]:
@@ -118,6 +120,10 @@ class Registry:
         if kind not in self._tables:
             raise PluginError(f"unknown registry kind '{kind}'. Valid kinds: {', '.join(KINDS)}")
         return self._tables[kind]
+
+
+def _plural(kind: str) -> str:
+    return f"{kind}es" if kind.endswith("s") else f"{kind}s"
 
 
 def _dist_name(ep: EntryPoint) -> str:

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from alignx.losses import (
+    BUILTIN_PREFERENCE_LOSSES,
     DPO_LOSS_TYPES,
+    PreferenceInputs,
+    PreferenceLoss,
     bradley_terry_loss,
     completion_logits_mean,
     dpo_loss,
@@ -202,6 +205,122 @@ def test_dpo_end_to_end_from_logits_at_initialisation():
     pr, _ = sequence_logps(logits_r, labels_r)
     losses, _, _ = dpo_loss(pc, pr, pc.detach(), pr.detach(), beta=0.1)
     approx(losses, [LN2] * 3, rel=1e-6)
+
+
+# ---------------------------------------------------------------- the registered DPO family
+
+SPECS = {spec.name: spec for spec in BUILTIN_PREFERENCE_LOSSES}
+
+
+@pytest.mark.parametrize(
+    ("name", "needs_reference", "length_normalised", "needs_nll", "options"),
+    [
+        ("sigmoid", True, False, False, ("beta", "label_smoothing")),
+        ("cdpo", True, False, False, ("beta", "label_smoothing")),
+        ("robust", True, False, False, ("beta", "label_smoothing")),
+        ("hinge", True, False, False, ("beta", "label_smoothing")),
+        ("ipo", True, True, False, ("beta", "label_smoothing")),
+        ("simpo", False, True, False, ("beta", "simpo_gamma")),
+        ("orpo", False, True, True, ("orpo_lambda",)),
+    ],
+)
+def test_builtin_specs_declare_what_they_need(name, needs_reference, length_normalised, needs_nll, options):
+    spec = SPECS[name]
+    assert (spec.needs_reference, spec.length_normalised, spec.needs_nll, spec.options) == (
+        needs_reference, length_normalised, needs_nll, options
+    )
+
+
+def test_the_builtin_family_is_the_old_list():
+    assert sorted(SPECS) == sorted([*DPO_LOSS_TYPES, "simpo", "orpo"])
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        # a = 0.5, b = -0.5, h = 1 (the inputs of test_dpo_hand_cases)
+        ("sigmoid", {"beta": 0.1, "label_smoothing": 0.0}, math.log1p(math.exp(-0.1))),
+        ("cdpo", {"beta": 0.1, "label_smoothing": 0.1}, 0.9 * math.log1p(math.exp(-0.1)) + 0.1 * math.log1p(math.exp(0.1))),
+        ("robust", {"beta": 0.1, "label_smoothing": 0.1},
+         (0.9 * math.log1p(math.exp(-0.1)) - 0.1 * math.log1p(math.exp(0.1))) / 0.8),
+        ("hinge", {"beta": 0.1, "label_smoothing": 0.0}, 0.9),
+        ("ipo", {"beta": 0.1, "label_smoothing": 0.0}, 16.0),
+    ],
+)
+def test_reference_specs_by_hand(name, options, expected):
+    losses, rc, rr = SPECS[name](PreferenceInputs(PC, PR, RC, RR), {**options, "unrelated": 1})
+    approx(losses, [expected])
+    approx(rc, [0.05])
+    approx(rr, [-0.05])
+
+
+def test_simpo_spec_by_hand():
+    # 2.5 * (-0.2 - -1.2) - 0.5 = 2
+    losses, rc, rr = SPECS["simpo"](PreferenceInputs(t(-0.2), t(-1.2)), {"beta": 2.5, "simpo_gamma": 0.5})
+    approx(losses, [sp(2.0)])
+    approx(rc, [-0.5])
+    approx(rr, [-3.0])
+
+
+def test_orpo_spec_by_hand():
+    # log odds(0.8) - log odds(0.25) = ln 12; the NLL term is whatever the objective passes
+    x = PreferenceInputs(t(math.log(0.8)), t(math.log(0.25)), chosen_nll=t(0.3))
+    losses, rc, rr = SPECS["orpo"](x, {"orpo_lambda": 0.1})
+    approx(losses, [0.3 + 0.1 * math.log1p(1 / 12)])
+    approx(rc, [math.log(0.8)])  # ORPO's "rewards" are the averaged log-probs
+    approx(rr, [math.log(0.25)])
+    assert not rc.requires_grad
+
+
+def test_spec_checks_its_inputs_and_output():
+    with pytest.raises(ValueError, match="'sigmoid' needs reference log-probabilities"):
+        SPECS["sigmoid"](PreferenceInputs(PC, PR), {"beta": 0.1, "label_smoothing": 0.0})
+    with pytest.raises(ValueError, match="'orpo' needs the chosen completions' NLL"):
+        SPECS["orpo"](PreferenceInputs(PC, PR), {"orpo_lambda": 0.1})
+    with pytest.raises(ValueError, match="'simpo' is missing option\\(s\\): simpo_gamma"):
+        SPECS["simpo"](PreferenceInputs(PC, PR), {"beta": 2.0})
+
+    def scalar(x, *, beta):
+        return (x.chosen - x.rejected).mean(), x.chosen, x.rejected
+
+    with pytest.raises(TypeError, match=r"'scalar' must return \(losses, chosen_rewards, rejected_rewards\), each of shape \(1,\)"):
+        PreferenceLoss("scalar", scalar, needs_reference=False)(PreferenceInputs(PC, PR), {"beta": 1.0})
+
+
+def test_spec_options_are_the_functions_keyword_only_parameters():
+    def fine(x, *, beta, eta):
+        return x.chosen, x.chosen, x.chosen
+
+    assert PreferenceLoss("fine", fine).options == ("beta", "eta")
+
+    def with_default(x, *, beta, eta=0.5):
+        return x.chosen, x.chosen, x.chosen
+
+    with pytest.raises(ValueError, match="option\\(s\\) eta have a default in the function"):
+        PreferenceLoss("d", with_default)
+
+    def two_positional(x, beta):
+        return x.chosen, x.chosen, x.chosen
+
+    def var_keyword(x, **options):
+        return x.chosen, x.chosen, x.chosen
+
+    for fn in (two_positional, var_keyword):
+        with pytest.raises(ValueError, match="exactly one positional argument"):
+            PreferenceLoss("bad", fn)
+    with pytest.raises(ValueError, match="non-empty name"):
+        PreferenceLoss("", fine)
+
+
+def test_example_inputs_dry_run_every_builtin():
+    # the values of conf/objective/dpo.yaml (label smoothing 0.1 for the two losses that use it)
+    yaml = {"beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 1.0, "orpo_lambda": 0.1}
+    for spec in BUILTIN_PREFERENCE_LOSSES:
+        x = spec.example_inputs()
+        assert (x.ref_chosen is not None) == spec.needs_reference
+        assert (x.chosen_nll is not None) == spec.needs_nll
+        losses, _, _ = spec(x, yaml)
+        assert losses.shape == (1,) and torch.isfinite(losses).all(), spec.name
 
 
 # ---------------------------------------------------------------- SimPO

@@ -38,6 +38,8 @@ BUILTINS = {
     ("dataset", "jsonl"),
     ("dataset", "parquet"),
     ("dataset", "hub"),
+    ("preference_loss", "sigmoid"),
+    ("preference_loss", "orpo"),
 }
 EXAMPLE = {("objective", "sft_ls"), ("reward", "brevity")}
 NO_AUTOLOAD_ENV = {"ALIGNX_DISABLE_PLUGIN_AUTOLOAD": None, "ALIGNX_PLUGINS": None}
@@ -241,6 +243,28 @@ def test_register_then_get_returns_the_object():
         name = "mine"
 
     assert registry.get("objective", "mine") is MyObjective
+
+
+def test_preference_loss_is_a_kind_holding_declared_specs():
+    from alignx.losses import BUILTIN_PREFERENCE_LOSSES, PreferenceLoss
+
+    assert "preference_loss" in KINDS
+    registry = Registry()
+
+    def margin(x, *, beta):
+        return beta * (x.rejected - x.chosen), x.chosen.detach(), x.rejected.detach()
+
+    spec = registry.add("preference_loss")(PreferenceLoss("margin", margin, needs_reference=False))
+    assert registry.get("preference_loss", "margin") is spec
+    with pytest.raises(PluginError, match=r"unknown preference_loss 'margn'. Valid preference_losses: margin. Did you mean 'margin'\?"):
+        registry.get("preference_loss", "margn")
+    with pytest.raises(PluginError, match="duplicate preference_loss 'margin'"):
+        registry.register("preference_loss", "margin", spec)
+    # alignx's own losses come through its entry point like any plugin's
+    builtins = load_plugins()
+    for loss in BUILTIN_PREFERENCE_LOSSES:
+        assert builtins.get("preference_loss", loss.name) is loss
+    assert {e.provider for e in builtins.entries() if e.kind == "preference_loss" and e.name in {"sigmoid", "ipo", "orpo"}} == {"alignx"}
 
 
 def test_duplicate_name_raises_naming_both_providers():

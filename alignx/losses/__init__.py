@@ -1,5 +1,11 @@
 """Loss functions: pure, typed, tested against hand-computed values."""
 
+from alignx.losses.dpo_family import (
+    BUILTIN_PREFERENCE_LOSSES,
+    PreferenceInputs,
+    PreferenceLoss,
+    PreferenceOutput,
+)
 from alignx.losses.policy_gradient import (
     GRPO_NORMALIZATIONS,
     clipped_policy_loss,
@@ -25,6 +31,7 @@ from alignx.losses.reward import bradley_terry_loss, kwise_ranking_loss
 from alignx.losses.sft import sft_loss
 
 __all__ = [
+    "BUILTIN_PREFERENCE_LOSSES",
     "DPO_LOSS_TYPES",
     "GRPO_NORMALIZATIONS",
     "bradley_terry_loss",
@@ -40,6 +47,9 @@ __all__ = [
     "kwise_ranking_loss",
     "log_odds",
     "orpo_loss",
+    "PreferenceInputs",
+    "PreferenceLoss",
+    "PreferenceOutput",
     "preference_metrics",
     "rloo_advantages",
     "sequence_logps",

@@ -1,6 +1,6 @@
 """Preference-optimisation losses: DPO family, SimPO, ORPO, KTO (pure functions).
 
-Notation (see REFERENCE.md): for a preference pair (y_w chosen, y_l rejected) and a frozen
+Notation (``docs/losses.md``, "Notation"): for a preference pair (y_w chosen, y_l rejected) and a frozen
 reference policy, ``a = logp(y_w) - ref_logp(y_w)``, ``b = logp(y_l) - ref_logp(y_l)``,
 ``h = a - b`` and ``σ`` is the logistic sigmoid. ``logp`` is the **sum** of completion-token
 log-probabilities (see :func:`sequence_logps`), ``avg_logp`` that sum divided by the number of
@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from alignx.ops.logprobs import IGNORE_INDEX, shift_for_next_token, token_logprobs
-
-DPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "cdpo", "robust", "hinge", "ipo")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +47,42 @@ def completion_logits_mean(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return (per_pos * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
+def _smoothed_sigmoid(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """DPO / cDPO: ``-(1-ε) log σ(βh) - ε log σ(-βh)``, ε in [0, 0.5]."""
+    if not 0.0 <= eps <= 0.5:
+        raise ValueError(f"label_smoothing for 'sigmoid'/'cdpo' must be in [0, 0.5], got {eps}")
+    return -(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+
+
+def _robust(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """Robust DPO: ``(-(1-ε) log σ(βh) + ε log σ(-βh)) / (1-2ε)``, ε in [0, 0.5)."""
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing for 'robust' must satisfy 0 <= eps < 0.5, got {eps}")
+    return (-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * eps)
+
+
+def _unsmoothed(name: str, eps: float) -> None:
+    if eps != 0.0:
+        raise ValueError(f"label_smoothing is not used by {name!r}; pass 0.0, got {eps}")
+
+
+def _hinge(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """Hinge (RSO/SLiC): ``max(0, 1 - βh)``."""
+    _unsmoothed("hinge", eps)
+    return F.relu(1.0 - beta * h)
+
+
+def _ipo(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """IPO: ``(h - 1/(2β))²`` on per-token averaged log-probabilities."""
+    _unsmoothed("ipo", eps)
+    return (h - 1.0 / (2.0 * beta)) ** 2
+
+
+#: reference-based pairwise losses of the margin h: name -> (h, β, ε) -> losses [B]
+_MARGIN_LOSSES = {"sigmoid": _smoothed_sigmoid, "cdpo": _smoothed_sigmoid, "robust": _robust, "hinge": _hinge, "ipo": _ipo}
+DPO_LOSS_TYPES: tuple[str, ...] = tuple(_MARGIN_LOSSES)
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -59,7 +93,7 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference-based pairwise preference losses, per example.
+    """Reference-based pairwise preference losses, per example (formulas: ``docs/losses.md``).
 
     With ``h = (π_w - ref_w) - (π_l - ref_l)`` and ``ε = label_smoothing``:
 
@@ -73,36 +107,18 @@ def dpo_loss(
     ``label_smoothing`` must be 0 for ``hinge`` and ``ipo`` (it would otherwise be silently
     ignored). Returns ``(losses [B], chosen_rewards [B], rejected_rewards [B])`` where the implicit
     rewards ``β(π_w - ref_w)`` and ``β(π_l - ref_l)`` are detached. Gradients flow only through
-    the policy inputs; the reference log-probabilities are detached.
+    the policy inputs; the reference log-probabilities are detached. The DPO objective picks its
+    loss from the ``preference_loss`` registry (:mod:`alignx.losses.dpo_family`), whose built-in
+    entries call this function.
     """
-    if loss_type not in DPO_LOSS_TYPES:
+    if loss_type not in _MARGIN_LOSSES:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid types: {', '.join(DPO_LOSS_TYPES)}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    eps = float(label_smoothing)
-    if loss_type in ("sigmoid", "cdpo") and not 0.0 <= eps <= 0.5:
-        raise ValueError(f"label_smoothing for {loss_type!r} must be in [0, 0.5], got {eps}")
-    if loss_type == "robust" and not 0.0 <= eps < 0.5:
-        raise ValueError(f"label_smoothing for 'robust' must satisfy 0 <= eps < 0.5, got {eps}")
-    if loss_type in ("hinge", "ipo") and eps != 0.0:
-        raise ValueError(f"label_smoothing is not used by {loss_type!r}; pass 0.0, got {eps}")
-
     chosen_ratio = policy_chosen_logps - ref_chosen_logps.detach()
     rejected_ratio = policy_rejected_logps - ref_rejected_logps.detach()
-    h = chosen_ratio - rejected_ratio
-
-    if loss_type in ("sigmoid", "cdpo"):
-        losses = -(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
-    elif loss_type == "robust":
-        losses = (-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * eps)
-    elif loss_type == "hinge":
-        losses = F.relu(1.0 - beta * h)
-    else:  # ipo
-        losses = (h - 1.0 / (2.0 * beta)) ** 2
-
-    chosen_rewards = beta * chosen_ratio.detach()
-    rejected_rewards = beta * rejected_ratio.detach()
-    return losses, chosen_rewards, rejected_rewards
+    losses = _MARGIN_LOSSES[loss_type](chosen_ratio - rejected_ratio, beta, float(label_smoothing))
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
 def simpo_loss(
@@ -205,7 +221,7 @@ def preference_metrics(
     chosen_logits_mean: torch.Tensor,
     rejected_logits_mean: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """Standard preference-training metrics (REFERENCE.md names), batch means as detached 0-dim floats.
+    """Standard preference-training metrics (``docs/metrics.md``), batch means as detached 0-dim floats.
 
     ``rewards/chosen``, ``rewards/rejected`` (mean implicit rewards), ``rewards/accuracies``
     (fraction with chosen reward strictly greater), ``rewards/margins`` (mean chosen - rejected),

@@ -1,4 +1,10 @@
-"""Direct preference optimisation and its relatives (cDPO, robust, hinge, IPO, SimPO, ORPO)."""
+"""Direct preference optimisation and its relatives (cDPO, robust, hinge, IPO, SimPO, ORPO, plugins').
+
+The loss is a registered component (registry kind ``preference_loss``, see
+:mod:`alignx.losses.dpo_family`): ``objective.loss`` names it, and its spec says whether a
+reference is needed, whether log-probs are per-token averaged, whether the chosen NLL is used and
+which ``objective.*`` keys it reads. Formulas: ``docs/losses.md``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
+from alignx.config import _unknown as check_known_keys
 from alignx.data.batching import collate_sft
 from alignx.data.tokenize import (
     encode_prompt,
@@ -14,21 +21,47 @@ from alignx.data.tokenize import (
     prompt_is_templated,
     prompt_text,
 )
-from alignx.errors import ConfigError
+from alignx.errors import ConfigError, PluginError
+from alignx.losses.dpo_family import PreferenceInputs, PreferenceLoss
 from alignx.losses.preference import (
-    DPO_LOSS_TYPES,
     completion_logits_mean,
-    dpo_loss,
-    orpo_loss,
     preference_metrics,
     sequence_logps,
-    simpo_loss,
 )
 from alignx.objectives.base import ReferenceObjective
 from alignx.ops.logprobs import IGNORE_INDEX
+from alignx.registry import load_plugins
 
-REFERENCE_FREE = ("simpo", "orpo")
-LOSSES = (*DPO_LOSS_TYPES, *REFERENCE_FREE)
+
+def preference_loss(name: str) -> PreferenceLoss:
+    """The registered preference loss ``name``; ConfigError listing the valid names on a miss."""
+    registry = load_plugins()
+    try:
+        spec = registry.get("preference_loss", name)
+    except PluginError as exc:
+        raise ConfigError(f"objective.loss: {exc}") from None
+    if not isinstance(spec, PreferenceLoss):
+        raise PluginError(
+            f"preference_loss '{name}' is a {type(spec).__name__}, not an alignx.losses.PreferenceLoss; "
+            "register PreferenceLoss(name, fn, ...) instead"
+        )
+    return spec
+
+
+def required(node: Mapping[str, Any], keys: Sequence[str], why: str) -> dict[str, Any]:
+    """``{key: node[key]}`` for every key, read strictly: a missing or null key is a ConfigError
+    naming it (its default lives in the objective's YAML, never in code)."""
+    missing = [k for k in keys if node.get(k) is None]
+    if missing:
+        listed = ", ".join(f"objective.{k}" for k in missing)
+        how = " ".join(f"+objective.{k}=<value>" for k in missing)
+        raise ConfigError(f"{listed} must be set ({why}): add it to the objective's YAML or pass {how}")
+    return {k: node[k] for k in keys}
+
+
+def loss_options(spec: PreferenceLoss, node: Mapping[str, Any]) -> dict[str, Any]:
+    """The config values ``spec`` reads (its :attr:`~PreferenceLoss.options`), strictly."""
+    return required(node, spec.options, f"read by objective.loss={spec.name}")
 
 
 def encode_prompt_completions(
@@ -87,8 +120,8 @@ class DPO(ReferenceObjective):
 
     The reference policy is the same model with adapters disabled when an adapter is used (no
     second copy in memory), else a frozen copy made at the start, or nothing when its
-    log-probs are precomputed (``objective.precompute_ref_logps``); reference-free losses
-    (simpo, orpo) load none.
+    log-probs are precomputed (``objective.precompute_ref_logps``); a loss whose spec says
+    ``needs_reference=False`` (simpo, orpo) loads none.
     """
 
     name: ClassVar[str] = "dpo"
@@ -98,13 +131,32 @@ class DPO(ReferenceObjective):
     )
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
-        self.loss_type = str(cfg.get("loss", "sigmoid"))
-        if self.loss_type not in LOSSES:
-            raise ConfigError(f"objective.loss='{self.loss_type}' is not a DPO loss. Valid: {', '.join(LOSSES)}")
+        self.loss_type = str(required(cfg, ["loss"], "the preference loss")["loss"])
+        #: the registered loss (its spec says what the step computes)
+        self.preference_loss = preference_loss(self.loss_type)
+        #: the ``objective.*`` values the loss reads, passed to it by keyword
+        self.loss_options = loss_options(self.preference_loss, cfg)
         super().__init__(model, tokenizer, cfg, **kwargs)
 
     def needs_reference(self) -> bool:
-        return self.loss_type not in REFERENCE_FREE
+        return self.preference_loss.needs_reference
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Before any work: ``objective.loss`` is a registered preference loss (else the valid
+        names are listed), the node holds only DPO's keys and the loss's options, every option is
+        set, and the loss accepts their values (a one-pair dry run of it)."""
+        node = cfg.objective
+        spec = preference_loss(str(required(node, ["loss"], "the preference loss")["loss"]))
+        check_known_keys([str(k) for k in node.keys()], cls.config_keys | set(spec.options) | {"name"}, "objective.")
+        options = loss_options(spec, node)
+        try:
+            spec(spec.example_inputs(), options)
+        except ValueError as exc:
+            values = ", ".join(f"objective.{k}={v}" for k, v in options.items())
+            raise ConfigError(f"objective.loss={spec.name} cannot run with {values}: {exc}") from None
+        except TypeError as exc:  # the loss broke its contract (a plugin bug), not the user's config
+            raise PluginError(f"{exc}") from None
 
     @classmethod
     def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
@@ -119,26 +171,26 @@ class DPO(ReferenceObjective):
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = batch["input_ids"].size(0) // 2
+        spec = self.preference_loss
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logps, n_tok = sequence_logps(logits, batch["labels"])
-        avg = logps / n_tok.clamp(min=1)
-        logit_means = completion_logits_mean(logits, batch["labels"])
+        count = n_tok.clamp(min=1)
+        avg = logps / count
+        pol = avg if spec.length_normalised else logps
+        ref = None
+        if spec.needs_reference:
+            ref = self.reference_logps(batch).to(logps.dtype)
+            ref = ref / count if spec.length_normalised else ref
+        nll = -avg[:n] if spec.needs_nll else None
+        inputs = PreferenceInputs(
+            chosen=pol[:n], rejected=pol[n:],
+            ref_chosen=None if ref is None else ref[:n], ref_rejected=None if ref is None else ref[n:],
+            chosen_nll=nll,
+        )
+        losses, chosen_r, rejected_r = spec(inputs, self.loss_options)
         metrics: dict[str, torch.Tensor] = {}
-        if self.loss_type == "simpo":
-            losses, chosen_r, rejected_r = simpo_loss(
-                avg[:n], avg[n:], beta=self.beta, gamma=float(self.cfg.get("simpo_gamma", 1.0))
-            )
-        elif self.loss_type == "orpo":
-            nll = -avg[:n]
-            losses, _ = orpo_loss(avg[:n], avg[n:], nll, lam=float(self.cfg.get("orpo_lambda", 0.1)))
-            chosen_r, rejected_r = avg[:n].detach(), avg[n:].detach()
+        if nll is not None:
             metrics["nll"] = nll.mean().detach()
-        else:
-            ref_logps = self.reference_logps(batch).to(logps.dtype)
-            pol, ref = (avg, ref_logps / n_tok.clamp(min=1)) if self.loss_type == "ipo" else (logps, ref_logps)
-            losses, chosen_r, rejected_r = dpo_loss(
-                pol[:n], pol[n:], ref[:n], ref[n:],
-                beta=self.beta, loss_type=self.loss_type, label_smoothing=float(self.cfg.get("label_smoothing", 0.0)),
-            )
+        logit_means = completion_logits_mean(logits, batch["labels"])
         metrics.update(preference_metrics(chosen_r, rejected_r, logps[:n], logps[n:], logit_means[:n], logit_means[n:]))
         return losses.mean(), metrics

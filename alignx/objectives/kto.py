@@ -17,12 +17,13 @@ from alignx.losses.preference import (
     sequence_logps,
 )
 from alignx.objectives.base import ReferenceObjective
-from alignx.objectives.dpo import encode_prompt_completions
+from alignx.errors import ConfigError
+from alignx.objectives.dpo import encode_prompt_completions, required
 from alignx.ops.logprobs import IGNORE_INDEX
 
 log = logging.getLogger("alignx")
 
-#: REFERENCE.md: keep λ_D·n_D / (λ_U·n_U) in this range
+#: keep λ_D·n_D / (λ_U·n_U) in this range (docs/losses.md, "KTO")
 WEIGHT_RATIO_RANGE = (1.0, 4.0 / 3.0)
 
 
@@ -79,6 +80,26 @@ class KTO(ReferenceObjective):
 
     name: ClassVar[str] = "kto"
     data_kind: ClassVar[str] = "unpaired"
+    config_keys: ClassVar[frozenset[str]] = frozenset(
+        {"beta", "desirable_weight", "undesirable_weight", "precompute_ref_logps"}
+    )
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, cfg, **kwargs)
+        weights = required(cfg, ["desirable_weight", "undesirable_weight"], "KTO's loss weights")
+        self.desirable_weight = float(weights["desirable_weight"])
+        self.undesirable_weight = float(weights["undesirable_weight"])
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Before any work: only KTO's keys, each set, ``beta > 0`` and non-negative weights."""
+        super().check_config(cfg)
+        node = required(cfg.objective, sorted(cls.config_keys), "read by objective=kto")
+        if float(node["beta"]) <= 0:
+            raise ConfigError(f"objective.beta must be > 0 for objective=kto, got {node['beta']}")
+        for key in ("desirable_weight", "undesirable_weight"):
+            if float(node[key]) < 0:
+                raise ConfigError(f"objective.{key} must be >= 0, got {node[key]}")
 
     @classmethod
     def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
@@ -89,7 +110,8 @@ class KTO(ReferenceObjective):
         items = pair_mismatched([dict(it) for it in items], seed)
         n_d = sum(1 for it in items if it["label"])
         n_u = len(items) - n_d
-        w_d, w_u = float(cfg.get("desirable_weight", 1.0)), float(cfg.get("undesirable_weight", 1.0))
+        weights = required(cfg, ["desirable_weight", "undesirable_weight"], "KTO's loss weights")
+        w_d, w_u = float(weights["desirable_weight"]), float(weights["undesirable_weight"])
         if items and n_u and n_d:
             ratio = (w_d * n_d) / (w_u * n_u)
             lo, hi = WEIGHT_RATIO_RANGE
@@ -121,8 +143,7 @@ class KTO(ReferenceObjective):
         desirable = batch["desirable"]
         losses = kto_loss(
             logps, ref[:n], desirable, z0, beta=self.beta,
-            desirable_weight=float(self.cfg.get("desirable_weight", 1.0)),
-            undesirable_weight=float(self.cfg.get("undesirable_weight", 1.0)),
+            desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight,
         )
         rewards = (self.beta * (logps - ref[:n])).detach()
         logit_means = completion_logits_mean(logits, labels[:n])
