@@ -15,7 +15,10 @@ log = logging.getLogger("alignx")
 
 
 def _print_error(message: str) -> None:
-    print(f"alignx: error: {message}", file=sys.stderr)
+    from alignx.secrets import redact_text
+
+    # one line, secrets masked: a tracking URL's password or a token must not reach a terminal or a log
+    print(f"alignx: error: {redact_text(message)}", file=sys.stderr)
 
 
 def _hydra_train(argv: Sequence[str]) -> int:
@@ -24,11 +27,13 @@ def _hydra_train(argv: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from alignx.config import PRIMARY_CONFIG, check_override_keys, register_search_path
+    from alignx.config import PRIMARY_CONFIG, check_group_choices, check_override_keys, register_search_path
     from alignx.errors import AlignxError
+    from alignx.paths import register_resolvers
     from alignx.registry import conf_dirs
 
     register_search_path()
+    register_resolvers()
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
     from hydra.errors import OverrideParseException
 
@@ -43,6 +48,7 @@ def _hydra_train(argv: Sequence[str]) -> int:
                     _print_error(f"{o} needs a launcher plugin that is not installed: {need}")
                     return 2
     try:
+        check_group_choices(overrides)
         check_override_keys(overrides)
     except AlignxError as exc:
         _print_error(str(exc))
@@ -58,12 +64,14 @@ def _hydra_train(argv: Sequence[str]) -> int:
         import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
         from omegaconf import ListConfig
 
-        from alignx.errors import ConfigError
+        from alignx.errors import ConfigError, JobInterrupted
         from alignx.job import run_job
+        from alignx.secrets import install_secret_filter
 
         pl_logger = logging.getLogger("lightning.pytorch")
         for handler in list(pl_logger.handlers):
             pl_logger.removeHandler(handler)
+        install_secret_filter()
         try:
             job = run_job(cfg, list(HydraConfig.get().overrides.task))
             if job.rank_zero:
@@ -85,6 +93,11 @@ def _hydra_train(argv: Sequence[str]) -> int:
                 )
             values = [float(job.metrics[n]) for n in names]
             return values if isinstance(wanted, ListConfig) else values[0]
+        except JobInterrupted as exc:
+            # the run is KILLED; the exit status tells a scheduler the job did not complete
+            log.error("%s", exc)
+            _print_error(f"{exc} (MLflow run marked KILLED)")
+            sys.exit(exc.exit_code)
         except AlignxError as exc:
             if HydraConfig.get().mode == RunMode.RUN:
                 log.error("%s", exc)

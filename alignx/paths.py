@@ -11,11 +11,46 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from alignx.errors import ConfigError
 
 #: environment variable naming the outputs root when the config leaves it null
 OUTPUTS_ENV = "ALIGNX_OUTPUTS"
+#: the resolver conf/train.yaml wraps hydra.run.dir and hydra.sweep.dir in
+UNIQUE_DIR_RESOLVER = "alignx.unique_dir"
+
+_claimed: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """``path``, or ``path_1``, ``path_2``, ... if another job already has it; claimed by creating it.
+
+    Hydra names run dirs by the second (``outputs/runs/<date>/<time>``): two jobs started in the
+    same second would share one dir and overwrite each other's model. ``mkdir`` without
+    ``exist_ok`` is atomic across processes, so exactly one job wins each name. Memoised per
+    process: Hydra resolves the run dir more than once.
+    """
+    if path not in _claimed:
+        base = candidate = Path(path)
+        n = 0
+        while True:
+            try:
+                candidate.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                n += 1
+                candidate = base.with_name(f"{base.name}_{n}")
+        _claimed[path] = str(candidate)
+    return _claimed[path]
+
+
+def register_resolvers() -> None:
+    """Make ``${alignx.unique_dir:...}`` available to config composition (idempotent)."""
+    OmegaConf.register_new_resolver(UNIQUE_DIR_RESOLVER, unique_dir, use_cache=True, replace=True)
+
+
+register_resolvers()
 
 
 def launch_dir() -> Path:

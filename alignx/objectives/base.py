@@ -27,7 +27,7 @@ import lightning as L
 import torch
 
 from alignx.checkpoint import rng_state, set_rng_state
-from alignx.config import _unknown as check_known_keys  # TODO(lead): public name once config.py settles
+from alignx.config import check_known_keys
 from alignx.data.batching import collate_sft
 from alignx.data.module import AlignDataModule
 from alignx.data.tokenize import encode_sft_row
