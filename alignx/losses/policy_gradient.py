@@ -1,7 +1,7 @@
 """Policy-gradient losses for online RL: PPO clipped policy/value losses, GRPO/RLOO advantages.
 
-Pure functions (tensors in, tensors out); see REFERENCE.md ("PPO for language models",
-"Critic-free online RL"). Per-token tensors are ``[B, T]`` response positions with a ``mask``
+Pure functions (tensors in, tensors out); formulas in ``docs/online_rl.md`` ("PPO implementation
+details", "GRPO", "RLOO"). Per-token tensors are ``[B, T]`` response positions with a ``mask``
 (bool or 0/1) of the valid tokens; every reduction is masked, and inputs at padded positions
 are zeroed before use, so ``inf``/``NaN`` padding reaches neither the loss nor the gradients. ``old_*`` tensors, advantages and
 returns are detached here, so gradients flow only through ``logp`` and ``values``. Statistics are

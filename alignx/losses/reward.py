@@ -1,4 +1,7 @@
-"""Reward-model losses: Bradley–Terry pairwise and InstructGPT K-wise ranking (pure functions)."""
+"""Reward-model losses: Bradley–Terry pairwise and InstructGPT K-wise ranking (pure functions).
+
+Formulas and conventions: ``docs/losses.md`` ("Reward model").
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning loss."""
+"""Supervised fine-tuning loss (``docs/losses.md``, "Supervised fine-tuning")."""
 
 from __future__ import annotations
 

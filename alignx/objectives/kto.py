@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
+from alignx.errors import ConfigError
 from alignx.losses.preference import (
     completion_logits_mean,
     kto_loss,
@@ -17,7 +18,6 @@ from alignx.losses.preference import (
     sequence_logps,
 )
 from alignx.objectives.base import ReferenceObjective
-from alignx.errors import ConfigError
 from alignx.objectives.dpo import encode_prompt_completions, required
 from alignx.ops.logprobs import IGNORE_INDEX
 

@@ -1,7 +1,8 @@
 """Online-RL tensor ops: whitening, KL estimators, EOS truncation, per-token rewards, GAE, KL control.
 
-Pure functions (tensors in, tensors out) for PPO/GRPO/RLOO; see REFERENCE.md, "PPO for language
-models". Conventions shared by every function here:
+Pure functions (tensors in, tensors out) for PPO/GRPO/RLOO; the formulas and where each is used:
+``docs/online_rl.md`` ("KL estimators", "PPO implementation details"). Conventions shared by every
+function here:
 
 - Sequences are responses only, ``[B, T]``, **right-padded**; ``mask`` ``[B, T]`` (bool or 0/1 of
   any dtype) marks the valid response tokens, as returned by :func:`truncate_after_eos`.
