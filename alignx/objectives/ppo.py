@@ -1,25 +1,26 @@
 """PPO for language models (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022).
 
-The numbered implementation details of REFERENCE.md ("PPO for language models"), where each lives:
+The implementation details, numbered as in ``docs/online_rl.md`` ("PPO implementation details",
+which states each one with its formula), and where each lives:
 
-1/2. query + response is every model's input; prompts left-padded, pad != EOS, position ids
+1.   query + response is every model's input; prompts left-padded, pad != EOS, position ids
      from the attention mask: :mod:`alignx.generation`, :meth:`OnlineObjective.forward_logits`
-3.   logits / temperature for policy and reference log-probs: ``forward_logits``
-4.   dropout off: policy and value model stay in eval mode (``OnlineObjective.training_step``)
-5/7. truncation after the first EOS, padding ignored; a missing EOS can score
+2.   logits / temperature for policy and reference log-probs: ``forward_logits``
+3.   dropout off: policy and value model stay in eval mode (``OnlineObjective.training_step``)
+4/5. truncation after the first EOS, padding ignored; a missing EOS can score
      ``reward.missing_eos_penalty``: :func:`~alignx.ops.rl.truncate_after_eos`, :class:`~alignx.rewards.combine.Reward`
 6.   per-token ``-β·KL_t`` (``objective.kl_estimator`` k1 | k3) plus the score at the last token:
      :func:`~alignx.ops.rl.per_token_rewards`
-8.   optional reward whitening (``whiten_rewards``), advantage whitening always: ``masked_whiten``
-9.   GAE (``gamma``, ``lam``): :func:`~alignx.ops.rl.gae`
-10.  clipped policy and value losses, ``vf_coef``: :mod:`alignx.losses.policy_gradient`
+7.   optional reward whitening (``whiten_rewards``), advantage whitening always: ``masked_whiten``
+8.   GAE (``gamma``, ``lam``): :func:`~alignx.ops.rl.gae`
+9/10. clipped policy and value losses, ``vf_coef``: :mod:`alignx.losses.policy_gradient`
 11.  ``epochs`` reshuffled passes, minibatches, micro-batch accumulation: ``OnlineObjective``
 12.  value model from the reward model (``value_model=reward``) or a zero-initialised head on a
      copy of the policy (``policy``); ``auto`` picks the RM when ``reward`` has one
 13.  fixed or adaptive KL controller (``adaptive_kl``, ``kl_target``, ``kl_horizon``)
 14.  linear LR annealing to 0 (``scheduler=linear``, the PPO presets' choice), AdamW eps 1e-5
 15.  seeds differ per rank: :func:`~alignx.generation.rollout_seed`
-17.  PPO-ptx: ``ptx_coef`` · NLL of the dataset's demonstrations added to every minibatch
+16.  PPO-ptx: ``ptx_coef`` · NLL of the dataset's demonstrations added to every minibatch
 """
 
 from __future__ import annotations
