@@ -31,6 +31,11 @@ def test_expected_groups_and_options_exist():
 def test_every_option_composes_and_validates(group, option):
     cfg = compose([f"{group}={option}"])
     assert group in cfg
+    mandatory = [k for k in cfg[group].keys() if OmegaConf.is_missing(cfg[group], k)]
+    if mandatory:  # model=hf, dataset=jsonl|parquet|hub: validation names the value they need
+        with pytest.raises(ConfigError, match=rf"^{group}\.{mandatory[0]} is required for {group}={option}: "):
+            validate(cfg)
+        cfg = compose([f"{group}={option}", *(f"{group}.{k}=/some/path" for k in mandatory)])
     if (group, option) == ("trainer", "deepspeed") and find_spec("deepspeed") is None:
         # an optional extra: without it the preset still composes, and validation says what to install
         with pytest.raises(ConfigError, match=r"pip install 'alignx\[deepspeed\]'"):

@@ -15,6 +15,8 @@ from alignx.errors import ModelLoadError
 def build_llama(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
     """A randomly initialised Llama-style causal LM from config dims, with the byte tokenizer.
 
+    ``cfg`` is a ``model`` node of kind ``llama`` (conf/model/tiny.yaml lists every key).
+
     Initialisation is seeded by ``cfg.init_seed`` so every job of a sweep starts from the same
     weights regardless of the training seed.
     """
@@ -29,9 +31,10 @@ def build_llama(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn
         intermediate_size=int(cfg["intermediate_size"]),
         num_hidden_layers=int(cfg["num_hidden_layers"]),
         num_attention_heads=int(cfg["num_attention_heads"]),
-        num_key_value_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+        # null: as many key/value heads as attention heads (no grouped-query attention)
+        num_key_value_heads=int(cfg["num_key_value_heads"] or cfg["num_attention_heads"]),
         max_position_embeddings=int(cfg["max_position_embeddings"]),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -39,7 +42,7 @@ def build_llama(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn
     )
     fork_devices: list = []
     with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(int(cfg.get("init_seed", 0)))
+        torch.manual_seed(int(cfg["init_seed"]))
         model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
