@@ -24,6 +24,15 @@ class ModelLoadError(AlignxError):
     """A model or tokenizer could not be loaded from the given path or hub id."""
 
 
+class TrainingDiverged(AlignxError):
+    """A loss or the trained weights became NaN/inf; training stopped before the bad update was saved.
+
+    Raised by every objective: :class:`alignx.objectives.guards.DivergenceGuard` checks the loss
+    before each backward and the weights after each optimizer step (automatic optimisation), and
+    the online RL loop checks its own losses, samples and updates (manual optimisation).
+    """
+
+
 class DataError(AlignxError):
     """A dataset row is malformed.
 
@@ -42,3 +51,21 @@ class DataError(AlignxError):
         if column is not None:
             where.append(f"column '{column}'")
         super().__init__(f"{', '.join(where)}: {message}")
+
+
+class JobInterrupted(BaseException):
+    """The job received SIGINT or SIGTERM and stopped: its run ends KILLED, the process exits 128 + signal.
+
+    A BaseException (like KeyboardInterrupt), so ``except Exception`` blocks on the way out do not
+    swallow it. ``exit_code`` is the shell convention: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int, checkpoint: str | None = None) -> None:
+        import signal
+
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + self.signum
+        where = f"; checkpoint written: {checkpoint} (continue with resume=auto)" if checkpoint else ""
+        super().__init__(f"interrupted by {self.signal_name}{where}")

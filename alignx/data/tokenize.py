@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from alignx.data.sources import SplitRows
 from alignx.errors import DataError
 from alignx.ops.logprobs import IGNORE_INDEX
+
+log = logging.getLogger("alignx")
+
+#: the status of a comparison row whose completions became the same token ids under the
+#: truncation policy (see :func:`encode_rows`)
+IDENTICAL = "identical_after_truncation"
+#: every status a row can end with; each row has exactly one, so the counts add up to the rows seen
+STATUSES = ("kept", "truncated", "dropped", IDENTICAL)
 
 
 class RowTooLongError(DataError):
@@ -31,16 +41,21 @@ class RowTooLongError(DataError):
     def located(self, rows: Any, index: int) -> RowTooLongError:
         """The same error, naming row ``index`` (0-based) of ``rows`` (a :class:`~alignx.data.sources.SplitRows`
         or any sequence)."""
-        split = getattr(rows, "split", "") or ""
+        split = rows.split if isinstance(rows, SplitRows) else ""
         where = f"{split} split row {index + 1}" if split else f"row {index + 1}"
-        location = getattr(rows, "location", None)
-        source, number = location(index) if callable(location) else ("data", index + 1)
+        source, number = rows.location(index) if isinstance(rows, SplitRows) else ("data", index + 1)
         return RowTooLongError(self.prompt_len, self.completion_len, self.max_length, source=source, row=number, where=where)
 
 
 @dataclass
 class EncodeStats:
-    """How many rows were kept whole, truncated or dropped by the truncation policy."""
+    """What the truncation policy did to a split's rows, one status per row (:data:`STATUSES`).
+
+    ``kept``: whole; ``truncated``: shortened and trained on; ``dropped``: could not fit;
+    ``identical_after_truncation``: a comparison row (a preference pair, a ranking) whose
+    completions became the same token ids once truncated, dropped because it carries no signal.
+    The four counts add up to the rows encoded.
+    """
 
     counts: Counter = field(default_factory=Counter)
 
@@ -52,7 +67,20 @@ class EncodeStats:
         return sum(self.counts.values())
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/{k}": float(self.counts.get(k, 0)) for k in ("kept", "truncated", "dropped")}
+        """``{prefix}/<status>`` for every status (0 when no row had it), e.g. ``data/train/kept``."""
+        return {f"{prefix}/{k}": float(self.counts[k]) for k in STATUSES}
+
+    def warn_identical(self, split: str) -> None:
+        """Log a warning naming ``split`` and how many comparison rows collapsed (nothing when none did)."""
+        n = self.counts[IDENTICAL]
+        if n:
+            log.warning(
+                "%s split: %d of %d rows compare completions that are identical after truncation to data.max_length "
+                "(the tokens that told them apart were cut); they are dropped, as they carry no preference signal "
+                "(DPO would train on them at a constant loss ln 2 with zero gradient). Raise data.max_length or use "
+                "data.truncation=truncate_prompt to keep them",
+                split or "a", n, self.total,
+            )
 
 
 def prompt_and_completion(row: Mapping[str, Any], tokenizer: Any, chat_template: bool) -> tuple[str, str, bool]:
@@ -153,10 +181,35 @@ def encode_sft_row(
     return {"input_ids": p_ids + c_ids, "labels": labels}, status
 
 
+def compared_sequences(item: Mapping[str, Any]) -> list[list[int]]:
+    """The token sequences an encoded comparison item ranks against each other ([] for other items).
+
+    Two layouts are comparisons: a preference pair (``chosen_input_ids``/``rejected_input_ids``,
+    the DPO family) and a ranking (``seqs``, reward modelling's pairs and K-wise rows).
+    """
+    if "seqs" in item:
+        return [list(s) for s in item["seqs"]]
+    if "chosen_input_ids" in item and "rejected_input_ids" in item:
+        return [list(item["chosen_input_ids"]), list(item["rejected_input_ids"])]
+    return []
+
+
+def collapsed(sequences: Sequence[Sequence[int]]) -> bool:
+    """Whether two of ``sequences`` are the same token ids (a comparison between them has no signal)."""
+    seen = {tuple(s) for s in sequences}
+    return len(seen) < len(sequences)
+
+
 def encode_rows(
-    rows: Iterable[Mapping[str, Any]], encode: Callable[[Mapping[str, Any]], tuple[Any, str]]
+    rows: Iterable[Mapping[str, Any]], encode: Callable[[Mapping[str, Any]], tuple[Any, str]], *, split: str = ""
 ) -> tuple[list[dict], EncodeStats]:
-    """Encode every row, counting kept/truncated/dropped.
+    """Encode every row, counting each row's status (see :class:`EncodeStats`).
+
+    A comparison row (a preference pair or a ranking) that the truncation policy shortened until
+    two of its completions are the same token ids is dropped and counted as
+    ``identical_after_truncation``, with a warning naming the split (``split``, else the rows'
+    own :class:`~alignx.data.sources.SplitRows` name): such a pair trains at a constant loss
+    (DPO: ln 2) with zero gradient, so keeping it would only dilute every batch it lands in.
 
     Under ``data.truncation=error`` the first over-long row raises a :class:`DataError` naming
     the split and the row's index (and its file and row, when ``rows`` is a
@@ -170,7 +223,10 @@ def encode_rows(
             if err.row is not None:  # already located by the encoder
                 raise
             raise err.located(rows, i) from None
+        if item is not None and status == "truncated" and collapsed(compared_sequences(item)):
+            item, status = None, IDENTICAL
         stats.add(status)
         if item is not None:
             out.append(item)
+    stats.warn_identical(split or (rows.split if isinstance(rows, SplitRows) else ""))
     return out, stats

@@ -40,16 +40,13 @@ class GRPO(OnlineObjective):
 
     name: ClassVar[str] = "grpo"
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {"loss_normalization", "scale_rewards"}
-    defaults: ClassVar[dict[str, Any]] = {
-        **OnlineObjective.defaults,
-        "group_size": 4, "beta": 0.04, "kl_estimator": "k3", "loss_normalization": "grpo", "scale_rewards": "std",
-    }
     progress_keys = ("reward", "objective/kl")
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
         self.normalization = str(self.opt("loss_normalization"))
-        self.scale = str(self.opt("scale_rewards"))
+        # RLOO's leave-one-out baseline is never scaled: it has no scale_rewards key
+        self.scale = str(self.opt("scale_rewards")) if "scale_rewards" in self.config_keys else "none"
 
     @classmethod
     def check_values(cls, cfg: Mapping[str, Any]) -> None:
@@ -60,9 +57,10 @@ class GRPO(OnlineObjective):
         norm = str(cls.option(cfg, "loss_normalization"))
         if norm not in GRPO_NORMALIZATIONS:
             raise ConfigError(f"objective.loss_normalization='{norm}' is not valid. Valid: {', '.join(GRPO_NORMALIZATIONS)}")
-        scale = str(cls.option(cfg, "scale_rewards"))
-        if scale not in GROUP_SCALES:
-            raise ConfigError(f"objective.scale_rewards='{scale}' is not valid. Valid: {', '.join(GROUP_SCALES)}")
+        if "scale_rewards" in cls.config_keys:
+            scale = str(cls.option(cfg, "scale_rewards"))
+            if scale not in GROUP_SCALES:
+                raise ConfigError(f"objective.scale_rewards='{scale}' is not valid. Valid: {', '.join(GROUP_SCALES)}")
 
     def group_baseline(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages [N], per-group reward std [N / G])."""
@@ -109,7 +107,7 @@ class RLOO(GRPO):
     """REINFORCE leave-one-out: KL-penalised sequence rewards, baseline = mean of the other samples."""
 
     name: ClassVar[str] = "rloo"
-    defaults: ClassVar[dict[str, Any]] = {**GRPO.defaults, "beta": 0.05, "kl_estimator": "k1"}
+    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {"loss_normalization"}
 
     def kl_in_loss(self) -> bool:
         return False  # the penalty is already in the reward

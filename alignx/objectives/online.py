@@ -32,7 +32,14 @@ from typing import Any, ClassVar, Mapping
 import lightning as L
 import torch
 
-from alignx.errors import AlignxError, ConfigError
+from alignx.config import _unknown as check_known_keys
+from alignx.data.tokenize import (
+    encode_prompt,
+    fit_to_length,
+    prompt_is_templated,
+    prompt_text,
+)
+from alignx.errors import ConfigError, TrainingDiverged
 from alignx.generation import (
     Rollout,
     decode_responses,
@@ -42,12 +49,10 @@ from alignx.generation import (
     sample,
 )
 from alignx.objectives.base import JobContext, ReferenceObjective
+from alignx.objectives.guards import checkpoint_hint
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
 from alignx.ops.rl import entropy_from_logits, kl_estimate, zero_masked
-
-
-class TrainingDiverged(AlignxError):
-    """A loss or the policy's probabilities became NaN/inf; training stopped before applying it."""
+from alignx.rewards.combine import build_reward
 
 
 #: keys every online objective's config node may hold (subclasses add their own)
@@ -118,13 +123,9 @@ class OnlineObjective(ReferenceObjective):
     """
 
     data_kind: ClassVar[str] = "prompt"
+    #: every key is read strictly: the objective's YAML (conf/objective/<name>.yaml) holds each
+    #: one with its default, so a default lives in exactly one place
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS
-    #: defaults of the keys it reads (its YAML sets them too; these serve programmatic use)
-    defaults: ClassVar[dict[str, Any]] = {
-        "max_new_tokens": 24, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "group_size": 1, "epochs": 1,
-        "mini_batch_size": None, "micro_batch_size": None, "generation_batch_size": None, "clip_range": 0.2,
-        "beta": 0.05, "kl_estimator": "k1", "use_cache": True, "log_samples_every_n_steps": 10, "num_logged_samples": 8,
-    }
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         self.check_values(cfg)
@@ -151,18 +152,24 @@ class OnlineObjective(ReferenceObjective):
         self._generation_s = 0.0
 
     def opt(self, key: str) -> Any:
-        """The objective's config value for ``key``; the class default when absent or null."""
+        """The objective's config value for ``key`` (see :meth:`option`)."""
         return self.option(self.cfg, key)
 
     @classmethod
     def option(cls, cfg: Mapping[str, Any], key: str) -> Any:
-        value = cfg.get(key)
-        return cls.defaults.get(key) if value is None else value
+        """``cfg[key]``, read strictly: its default is in the objective's YAML, nowhere else. A node
+        built without the YAML (programmatic use) that lacks the key is a :class:`ConfigError`."""
+        if key not in cfg:
+            raise ConfigError(
+                f"objective.{key} is not set: objective={cls.name} reads it (conf/objective/{cls.name}.yaml sets "
+                "every key the objective reads; compose the config with alignx.config.compose)"
+            )
+        return cfg[key]
 
     @classmethod
     def check_values(cls, cfg: Mapping[str, Any]) -> None:
         """ConfigError naming the key for a value the objective cannot run with (subclasses extend)."""
-        if bool(cfg.get("precompute_ref_logps", False)):
+        if bool(cls.option(cfg, "precompute_ref_logps")):
             raise ConfigError(
                 f"objective.precompute_ref_logps is not possible for objective={cls.name}: online RL scores "
                 "new samples every step, so reference log-probs cannot be computed ahead"
@@ -179,9 +186,7 @@ class OnlineObjective(ReferenceObjective):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Fail before any work on keys this objective does not know, or a run without a step budget."""
-        from alignx.config import _unknown
-
-        _unknown([k for k in cfg.objective.keys()], cls.config_keys, "objective.")
+        check_known_keys([k for k in cfg.objective.keys()], cls.config_keys, "objective.")
         cls.check_values(cfg.objective)
         if int(cfg.trainer.get("max_steps") or -1) <= 0:
             raise ConfigError(
@@ -201,13 +206,6 @@ class OnlineObjective(ReferenceObjective):
     @classmethod
     def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
         """A prompt row -> its token ids (fit to ``data.max_length``, keeping the end) and text."""
-        from alignx.data.tokenize import (
-            encode_prompt,
-            fit_to_length,
-            prompt_is_templated,
-            prompt_text,
-        )
-
         chat = bool(data_cfg["chat_template"])
         text = prompt_text(row, tokenizer, chat)
         ids = encode_prompt(text, tokenizer, templated=prompt_is_templated(row, chat))
@@ -219,8 +217,6 @@ class OnlineObjective(ReferenceObjective):
         return {"input_ids": fitted[0], "prompt": text}, fitted[2]
 
     def attach(self, job: JobContext) -> None:
-        from alignx.rewards.combine import build_reward
-
         cfg = job.cfg
         self.prompts = list(job.train_items)
         self.prompts_per_step = int(cfg.data.batch_size)
@@ -431,12 +427,7 @@ class OnlineObjective(ReferenceObjective):
         return rows
 
     def _checkpoint_hint(self) -> str:
-        cb = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
-        path = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") if cb is not None else ""
-        if path:
-            return (f" No update of this step was saved: the last checkpoint, written before it, is {path} "
-                    "(resume=<it> with a lower optim.lr; earlier ones are next to it).")
-        return " No checkpoint was saved (set checkpoint.every_n_steps to keep some); lower optim.lr and retry."
+        return checkpoint_hint(self._trainer)
 
 
 def _all_finite(params: list[torch.nn.Parameter]) -> bool:

@@ -26,15 +26,19 @@ which states each one with its formula), and where each lives:
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
 
 from alignx.data.batching import collate_sft
-from alignx.errors import ConfigError
+from alignx.errors import ConfigError, ModelLoadError
 from alignx.generation import Rollout, position_ids
 from alignx.losses.policy_gradient import clipped_policy_loss, clipped_value_loss
 from alignx.losses.sft import sft_loss
+from alignx.models.adapters import is_peft
+from alignx.models.heads import add_reward_head, zero_head
+from alignx.models.heads import token_values as head_token_values
 from alignx.objectives.base import JobContext
 from alignx.objectives.online import (
     ONLINE_KEYS,
@@ -63,11 +67,6 @@ class PPO(OnlineObjective):
         "gamma", "lam", "vf_coef", "value_clip_range", "whiten_rewards", "adaptive_kl", "kl_target",
         "kl_horizon", "value_model", "ptx_coef",
     }
-    defaults: ClassVar[dict[str, Any]] = {
-        **OnlineObjective.defaults,
-        "epochs": 4, "gamma": 1.0, "lam": 0.95, "vf_coef": 0.1, "value_clip_range": 0.2, "whiten_rewards": False,
-        "adaptive_kl": False, "kl_target": 6.0, "kl_horizon": 10000.0, "value_model": "auto", "ptx_coef": 0.0,
-    }
     progress_keys = ("objective/scores", "objective/kl")
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
@@ -92,7 +91,7 @@ class PPO(OnlineObjective):
 
     @classmethod
     def auxiliary_kinds(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
-        return {"ptx": "sft"} if float(cfg.get("ptx_coef") or 0.0) > 0 else {}
+        return {"ptx": "sft"} if float(cls.option(cfg, "ptx_coef")) > 0 else {}
 
     # -- models ----------------------------------------------------------------------------
     def attach(self, job: JobContext) -> None:
@@ -104,9 +103,6 @@ class PPO(OnlineObjective):
 
     def build_value_model(self, job: JobContext) -> torch.nn.Module:
         """The value model: the reward model's weights, or a zero-initialised head on a copy of the policy."""
-        from alignx.models.adapters import is_peft
-        from alignx.models.heads import add_reward_head, zero_head
-
         choice = str(self.opt("value_model"))
         rm_paths = [c.get("path") for c in (job.cfg.reward.get("components") or []) if c.get("name") == "rm" and c.get("path")]
         if choice == "reward" and len(rm_paths) != 1:
@@ -127,11 +123,7 @@ class PPO(OnlineObjective):
         return value.to(next(self.model.parameters()).device)
 
     def _load_reward_model(self, path: str) -> torch.nn.Module:
-        from pathlib import Path
-
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from alignx.errors import ModelLoadError
 
         path = str(Path(path).expanduser().resolve()) if Path(path).expanduser().is_dir() else path
         try:
@@ -157,10 +149,8 @@ class PPO(OnlineObjective):
 
     def token_values(self, rollout: Rollout) -> torch.Tensor:
         """V(s_t) [N, R] before each response token (0 past the end)."""
-        from alignx.models.heads import token_values
-
         mask = rollout.attention_mask
-        v = token_values(self.value_model, rollout.input_ids, mask, position_ids(mask)).float()
+        v = head_token_values(self.value_model, rollout.input_ids, mask, position_ids(mask)).float()
         p = rollout.prompt_width
         return zero_masked(v[:, p - 1 : -1], rollout.response_mask)
 

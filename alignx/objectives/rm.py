@@ -73,16 +73,20 @@ class RewardModel(Objective):
     merge_adapter_on_save: ClassVar[bool] = True
     #: held-out rows its evaluation reads: eval/rm_accuracy on test-split pairs
     eval_kind: ClassVar[str] = "pairs"
+    #: read strictly; conf/objective/rm.yaml holds each one's default
+    config_keys: ClassVar[frozenset[str]] = frozenset(
+        {"data_kind", "center_coef", "normalize", "normalize_std", "normalize_samples"}
+    )
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
-        self.center_coef = float(cfg.get("center_coef", 0.0))
+        self.center_coef = float(cfg["center_coef"])
         #: reported once training ends (the normalisation applied)
         self.final_metrics: dict[str, float] = {}
 
     @classmethod
     def row_kind(cls, cfg: Mapping[str, Any]) -> str:
-        kind = str(cfg.get("data_kind", "pairs"))
+        kind = str(cfg["data_kind"])
         if kind not in ROW_KINDS:
             raise ConfigError(f"objective.data_kind='{kind}' is not a reward-model row kind. Valid: {', '.join(ROW_KINDS)}")
         return kind
@@ -111,13 +115,13 @@ class RewardModel(Objective):
 
     @torch.no_grad()
     def on_train_end(self) -> None:
-        if not self.cfg.get("normalize", False):
+        if not self.cfg["normalize"]:
             return
         datamodule = self.trainer.datamodule
-        items = list(datamodule.train_items)[: int(self.cfg.get("normalize_samples", 1024))]
+        items = list(datamodule.train_items)[: int(self.cfg["normalize_samples"])]
         values = reward_statistics(self, items, int(datamodule.eval_batch_size))
         mean, std = values.mean().item(), values.std().item() if values.numel() > 1 else 1.0
-        scale = 1.0 / max(std, 1e-6) if self.cfg.get("normalize_std", False) else 1.0
+        scale = 1.0 / max(std, 1e-6) if self.cfg["normalize_std"] else 1.0
         set_normalization(self.model, offset=-mean * scale, scale=scale)
         log.info("reward normalised on %d training completions: mean %.4f std %.4f -> offset %.4f, scale %.4f",
                  values.numel(), mean, std, -mean * scale, scale)
