@@ -139,14 +139,21 @@ class Store:
     ``name`` says what the cache holds in log lines and errors ("tokenised-data cache");
     ``version`` is the cache's schema version, recorded in every entry (an entry of another
     version is discarded); ``fields`` are the record fields every entry must have, with their
-    types (e.g. ``{"items": list, "model_dir": (str, type(None))}``); ``tensors`` are the names of the tensors every entry carries in its sidecar file.
+    types (e.g. ``{"items": list, "model_dir": (str, type(None))}``); ``tensors`` are the names
+    of the tensors every entry carries in its sidecar file.
 
     Typical use is :meth:`get_or_compute`; a caller that must hold the lock around more than the
     computation (the pipeline's stage cache) uses :meth:`lock`, :meth:`load` and :meth:`save`.
     """
 
     def __init__(
-        self, root: Path, *, name: str, version: int, fields: Mapping[str, type | tuple[type, ...]] | None = None, tensors: Sequence[str] = ()
+        self,
+        root: Path,
+        *,
+        name: str,
+        version: int,
+        fields: Mapping[str, type | tuple[type, ...]] | None = None,
+        tensors: Sequence[str] = (),
     ) -> None:
         self.root = Path(root)
         self.name = name
@@ -223,7 +230,8 @@ class Store:
             return None, f"missing field(s) {', '.join(map(repr, missing))}"
         for field_name, types in self.fields.items():
             if not isinstance(data[field_name], types):
-                return None, f"field {field_name!r} is a {type(data[field_name]).__name__}, expected {_type_names(types)}"
+                found = type(data[field_name]).__name__
+                return None, f"field {field_name!r} is a {found}, expected {_type_names(types)}"
         entry = Entry(key, path, data)
         if self.tensor_names:
             entry.tensors, problem = self._load_tensors(key, record.get("tensors"))
@@ -243,7 +251,7 @@ class Store:
             tensors = load_file(str(path))
         # safetensors raises its own SafetensorError (and OSError, ValueError) on a damaged file
         except Exception as exc:  # noqa: BLE001
-            return None, f"its tensor file {path} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            return None, f"its tensor file {path} is unreadable: {(str(exc) or type(exc).__name__).splitlines()[0]}"
         for name, shape in listed.items():
             if name not in tensors or list(tensors[name].shape) != shape:
                 found = list(tensors[name].shape) if name in tensors else "no such tensor"

@@ -5,26 +5,30 @@ no reference forward during training: at fit start the policy has not moved, so 
 reference, and its log-probs of every train and validation sequence are computed once. They are
 cached under ``<outputs_root>/cache/ref_logps``, keyed by the reference weights, the tokenised
 items and the numeric precision, so a rerun or every job of a sweep that shares them (say, a
-learning-rate sweep) reuses the file. A hit is logged and recorded as a metric.
+learning-rate sweep) reuses the entry. A hit is logged and recorded as a metric. Entries live in
+an :class:`alignx.store.Store`: a small JSON record plus a ``[items, k]`` float32 tensor file,
+written atomically under a per-key lock; a damaged entry is named, discarded and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from alignx.data.cache import file_lock
+from alignx.models.adapters import is_peft
+from alignx.store import Entry, Store, digest
 
 log = logging.getLogger("alignx")
 
-FORMAT_VERSION = 1
+#: schema of an entry (2: a record and a tensor file written through alignx.store)
+FORMAT_VERSION = 2
+CACHE_NAME = "reference log-prob cache"
+TENSOR = "ref_logps"
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -33,8 +37,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     With adapters only the frozen base weights count (the reference is the model with adapters
     disabled, so freshly initialised adapter weights must not change the key).
     """
-    from alignx.models.adapters import is_peft
-
     peft = is_peft(model)
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
@@ -48,10 +50,7 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 def items_fingerprint(items: Sequence[dict]) -> str:
     """A digest of tokenised items (data and tokenisation), ignoring attached reference values."""
-    h = hashlib.sha256()
-    for it in items:
-        h.update(json.dumps({k: v for k, v in it.items() if k != "ref_logps"}, sort_keys=True).encode())
-    return h.hexdigest()
+    return digest(*({k: v for k, v in it.items() if k != "ref_logps"} for it in items), length=64)
 
 
 @torch.no_grad()
@@ -105,10 +104,8 @@ class PrecomputeReferenceLogps(Callback):
         for split, items in (("train", dm.train_items), ("val", dm.val_items)):
             if not items:
                 continue
-            key = hashlib.sha256(
-                json.dumps([FORMAT_VERSION, type(pl_module).__name__, weights, items_fingerprint(items),
-                            str(trainer.precision)]).encode()
-            ).hexdigest()[:32]
+            key = digest([FORMAT_VERSION, type(pl_module).__name__, weights, items_fingerprint(items),
+                          str(trainer.precision)])
             values, hit = self._values(pl_module, items, key, split)
             for it, v in zip(items, values):
                 it["ref_logps"] = v
@@ -126,16 +123,24 @@ class PrecomputeReferenceLogps(Callback):
 
         if self.cache_dir is None:
             return compute(), False
-        entry = self.cache_dir / f"{key}.json"
-        with file_lock(self.cache_dir / f"{key}.lock"):
-            if entry.is_file():
-                values = json.loads(entry.read_text())
-                if len(values) == len(items):
-                    log.info("reference log-prob cache hit %s: %d %s items from %s", key[:12], len(values), split, entry)
-                    return values, True
-            values = compute()
-            tmp = entry.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(values))
-            os.replace(tmp, entry)
-            log.info("reference log-prob cache miss %s: computed %d %s items into %s", key[:12], len(values), split, entry)
-            return values, False
+        store = Store(self.cache_dir, name=CACHE_NAME, version=FORMAT_VERSION, fields={"items": int}, tensors=(TENSOR,))
+        fresh: list[list[list[float]]] = []
+
+        def compute_entry() -> tuple[dict, dict]:
+            fresh.append(compute())
+            return {"items": len(fresh[0])}, {TENSOR: torch.tensor(fresh[0], dtype=torch.float32)}
+
+        def fits(entry: Entry) -> str | None:
+            n, shape = entry.data["items"], list(entry.tensors[TENSOR].shape)
+            if n != len(items) or len(shape) != 2 or shape[0] != n:
+                return f"it holds {n} items of shape {shape}, the {split} data has {len(items)} items"
+            return None
+
+        entry, hit = store.get_or_compute(key, compute_entry, check=fits)
+        if hit:
+            # float32 -> float is exact, so a hit gives the very values a miss computed
+            values = entry.tensors[TENSOR].tolist()
+            log.info("reference log-prob cache hit %s: %d %s items from %s", key[:12], len(values), split, entry.path)
+            return values, True
+        log.info("reference log-prob cache miss %s: computed %d %s items into %s", key[:12], len(fresh[0]), split, entry.path)
+        return fresh[0], False
