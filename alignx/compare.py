@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from alignx.errors import AlignxError
 from alignx.paths import resolve_outputs_root
+from alignx.tracking.run import default_tracking_uri
 from alignx.tracking.sweep_state import read_parent
 
 #: metrics shown when none are asked for, in this order; only those some job has are kept
@@ -198,7 +199,6 @@ def default_uri() -> str:
     """The embedded store ``alignx`` trains into from this directory: $ALIGNX_OUTPUTS or ./outputs."""
     from omegaconf import OmegaConf
 
-    from alignx.tracking.run import default_tracking_uri
 
     return default_tracking_uri(resolve_outputs_root(OmegaConf.create()))
 

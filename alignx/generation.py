@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from alignx.ops.rl import truncate_after_eos
+
 
 @dataclass
 class Rollout:
@@ -110,7 +112,6 @@ def sample(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not greedy and temperature <= 0:
         raise ValueError(f"temperature must be > 0 for sampling, got {temperature} (use greedy decoding instead)")
-    from alignx.ops.rl import truncate_after_eos
 
     was_training = model.training
     model.eval()

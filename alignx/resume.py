@@ -29,6 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from alignx.checkpoint import checkpoint_global_step, latest_checkpoint
 from alignx.errors import ConfigError
 
 log = logging.getLogger("alignx")
@@ -93,7 +94,6 @@ def read_run_record(output_dir: Path) -> dict[str, Any] | None:
 
 
 def _checkpoint_step(path: Path) -> int:
-    from alignx.checkpoint import checkpoint_global_step
 
     return checkpoint_global_step(path)
 
@@ -134,7 +134,6 @@ def _output_dir_of(checkpoint: Path) -> Path:
 
 def resolve_resume(cfg: DictConfig, output_dir: Path, tracking_uri: str | None) -> ResumePoint | None:
     """Where ``cfg.resume`` says to resume from (see the module docstring); None = from scratch."""
-    from alignx.checkpoint import latest_checkpoint
 
     value = cfg.get("resume")
     if not value:
@@ -164,7 +163,6 @@ def resolve_resume(cfg: DictConfig, output_dir: Path, tracking_uri: str | None) 
 
 
 def _auto(cfg: DictConfig, output_dir: Path, tracking_uri: str | None) -> ResumePoint | None:
-    from alignx.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(output_dir / "checkpoints")
     if ckpt is not None:

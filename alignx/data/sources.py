@@ -43,6 +43,7 @@ from alignx.data.formats import (
     validate_row,
 )
 from alignx.errors import ConfigError, DataError
+from alignx.registry import load_plugins
 
 SPLITS = ("train", "val", "test")
 #: where a Hub-style directory keeps a split's files, tried in order; the first that matches wins
@@ -170,7 +171,6 @@ def _row_format(cfg: Mapping) -> RowFormat | None:
     name = cfg.get("format")
     if name is None or str(name) == "":
         return None
-    from alignx.registry import load_plugins  # late: formats may come from plugins
 
     registry = load_plugins()
     if ("format", str(name)) not in registry:
@@ -401,7 +401,6 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
     ``n_test`` (row counts), ``label_noise`` (default 0), ``ranked_k`` (completions per
     ranked row, default 4; passed to the task's ``rows`` as ``k`` for kind "ranked").
     """
-    from alignx.registry import load_plugins  # late: tasks may come from plugins
 
     registry = load_plugins()
     name = cfg.get("task")

@@ -48,7 +48,7 @@ from alignx.errors import ConfigError
 from alignx.job.result import Job
 from alignx.job.single import train
 from alignx.paths import resolve_paths
-from alignx.store import Store
+from alignx.store import Store, check_writable
 from alignx.tracking import Tracker, finishing
 from alignx.tracking.start import resolve_model_reference, start_tracking, sweep_job
 
@@ -194,6 +194,8 @@ def run_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> Job:
     validate(cfg)
     specs = stage_specs(cfg)
     output_dir, outputs_root = resolve_paths(cfg)
+    check_writable(outputs_root, "outputs_root")
+    check_writable(output_dir, "output_dir")
     node = cfg.pipeline
     use_cache = bool(node.get("cache", True))
     force = bool(node.get("force", False))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from alignx.errors import AlignxError, ConfigError
+from alignx.registry import load_plugins
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 FACTORY_MARK = "__alignx_reward_factory__"
@@ -108,7 +109,6 @@ def build_reward(cfg: Mapping[str, Any], registry: Any = None) -> Reward:
     """Build the :class:`Reward` described by the ``reward`` config node."""
     from omegaconf import OmegaConf
 
-    from alignx.registry import load_plugins
 
     registry = registry or load_plugins()
     node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

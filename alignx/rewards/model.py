@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
+from alignx.errors import ConfigError, ModelLoadError
+
 
 class RewardModelScorer:
     """Score completions with a saved reward model (``objective=rm`` output, or any
@@ -22,11 +24,7 @@ class RewardModelScorer:
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from alignx.errors import ModelLoadError
-
         if path is None or not str(path):
-            from alignx.errors import ConfigError
-
             raise ConfigError("reward=rm needs reward.path=<directory of a saved objective=rm model>")
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
