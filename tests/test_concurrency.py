@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import fast
+from conftest import fast
 
 JOBS = 4
 # each process sleeps until the shared start instant, then runs the real CLI entry point

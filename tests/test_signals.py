@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import ALIGNX_BIN, fast
+from conftest import ALIGNX_BIN, fast
 
 # long enough that the signal always arrives mid-training; a step takes milliseconds here
 LONG = fast("trainer.max_steps=100000", "eval.enabled=false")

@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from alignx.config import compose
+from alignx.errors import ConfigError
 from alignx.train import train
 from conftest import FAST
 
@@ -88,16 +89,28 @@ def test_secret_values_are_scrubbed_in_params(tmp_path):
 
 def test_crashed_run_is_marked_failed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # a valid config that fails mid-training: the early-stopping metric never exists (strict)
     cfg = compose(
         [*FAST, f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}", f"tracking.uri={uri}",
-         "optim._target_=torch.optim.NoSuchOptimizer"]
+         "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/no_such_metric",
+         "+callbacks.stop.check_on_train_epoch_end=true"]
     )
-    with pytest.raises(Exception, match="NoSuchOptimizer"):
+    with pytest.raises(RuntimeError, match="no_such_metric"):
         train(cfg)
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("alignx").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert not (tmp_path / "job" / "model").exists()
+    assert json.loads((tmp_path / "job" / "run.json").read_text())["status"] == "FAILED"
+
+
+def test_bad_optimizer_target_fails_before_any_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose([*FAST, f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}", f"tracking.uri={uri}",
+                   "optim._target_=torch.optim.NoSuchOptimizer"])
+    with pytest.raises(ConfigError, match="NoSuchOptimizer"):
+        train(cfg)
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_default_store_is_embedded_under_outputs_root(tmp_path):

@@ -24,7 +24,7 @@ import torch
 from alignx.errors import ConfigError
 from alignx.generation import generate
 from alignx.objectives import DPO, JobContext
-from alignx.registry import Registry
+from alignx.registry import Registry, load_plugins
 
 __all__ = ["SPIN", "self_play_rows", "spin_stages", "register"]
 
@@ -79,22 +79,23 @@ class SPIN(DPO):
     # -- the job: iterations as stages --------------------------------------------------------
     @classmethod
     def stages(cls, cfg: Any) -> list[dict] | None:
-        return spin_stages(int(cfg.objective.get("iterations", 1)), str(cfg.adapter.name))
+        return spin_stages(int(cfg.objective.iterations), str(cfg.adapter.name))
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        super().check_config(cfg)
         node = cfg.objective
-        if int(node.get("iterations", 1)) < 1:
+        # asked of the loss's registered spec, so a plugin's reference-free DPO variant is refused too
+        if not load_plugins().get("preference_loss", str(node.loss)).needs_reference:
+            raise ConfigError(f"objective.loss={node.loss} is reference-free; SPIN is defined against the previous iterate")
+        super().check_config(cfg)
+        if int(node.iterations) < 1:
             raise ConfigError(f"objective.iterations={node.iterations}: SPIN needs at least 1 iteration")
-        if bool(node.get("precompute_ref_logps", False)):
+        if bool(node.precompute_ref_logps):
             raise ConfigError(
                 "objective.precompute_ref_logps=true does not apply to SPIN: its rejected completions are sampled "
                 "when training starts, after reference log-probs would be computed"
             )
-        if str(node.get("loss", "sigmoid")) in ("simpo", "orpo"):
-            raise ConfigError(f"objective.loss={node.loss} is reference-free; SPIN is defined against the previous iterate")
-        if int(node.get("max_new_tokens", 1)) < 1:
+        if int(node.max_new_tokens) < 1:
             raise ConfigError(f"objective.max_new_tokens={node.max_new_tokens} must be at least 1")
 
     # -- one iteration ------------------------------------------------------------------------
@@ -112,10 +113,6 @@ class SPIN(DPO):
             return None, status
         return {"input_ids": item["chosen_input_ids"], "prompt": row["prompt"], "completion": row["completion"]}, status
 
-    def attach(self, job: JobContext) -> None:
-        super().attach(job)
-        self._job = job
-
     def on_fit_start(self) -> None:
         super().on_fit_start()
         datamodule = self.trainer.datamodule
@@ -128,21 +125,21 @@ class SPIN(DPO):
                 stats.update(split_stats)
         if not datamodule.train_items:
             raise ConfigError("SPIN: every sample equals its SFT target; there is nothing left to learn from")
-        self.final_metrics = {**getattr(self, "final_metrics", {}), **stats}
+        self.final_metrics.update(stats)
 
     @torch.no_grad()
     def _self_play(self, items: list[dict], split: str) -> tuple[list[dict], dict[str, float]]:
-        cfg = self._job.cfg
+        cfg = self.context.cfg  # the job's whole config, set by the job before fitting
         node = self.cfg
         was_training = self.model.training
         self.model.eval()
         try:
             samples = generate(
                 self.model, self.tokenizer, [it["prompt"] for it in items],
-                max_new_tokens=int(node.get("max_new_tokens", 64)),
-                temperature=float(node.get("temperature", 1.0)),
-                top_k=int(node.get("top_k", 0)),
-                top_p=float(node.get("top_p", 1.0)),
+                max_new_tokens=int(node.max_new_tokens),
+                temperature=float(node.temperature),
+                top_k=int(node.top_k),
+                top_p=float(node.top_p),
                 batch_size=int(cfg.data.eval_batch_size),
                 seed=int(cfg.seed) + (0 if split == "train" else 1),
             )
@@ -157,7 +154,7 @@ class SPIN(DPO):
             else:
                 pairs.append(item)
         if split == "train" and rows and getattr(self.logger, "experiment", None) is not None:
-            shown = rows[: int(cfg.eval.get("num_logged_samples", 16))]
+            shown = rows[: int(cfg.eval.num_logged_samples)]
             self.logger.experiment.log_table(shown, "samples/spin_pairs.json")
         return pairs, {
             f"spin/{split}/pairs": float(len(pairs)),
