@@ -160,6 +160,7 @@ def _plugins(argv: Sequence[str]) -> int:
     from rich.table import Table
 
     from alignx.errors import AlignxError
+    from alignx.losses import PreferenceLoss
     from alignx.registry import KINDS, conf_dirs, load_plugins
 
     parser = argparse.ArgumentParser(prog="alignx plugins", description="List everything registered with alignx.")
@@ -176,8 +177,10 @@ def _plugins(argv: Sequence[str]) -> int:
     for e in registry.entries():
         if args.kind and e.kind != args.kind:
             continue
-        obj = getattr(e.obj, "__qualname__", None) or type(e.obj).__qualname__
-        table.add_row(e.kind, e.name, e.provider, f"{getattr(e.obj, '__module__', '')}.{obj}")
+        # a preference loss is a spec around its function: show the function a user would read
+        target = e.obj.fn if isinstance(e.obj, PreferenceLoss) else e.obj
+        obj = getattr(target, "__qualname__", None) or type(target).__qualname__
+        table.add_row(e.kind, e.name, e.provider, f"{getattr(target, '__module__', '')}.{obj}")
     console = Console(width=160)
     console.print(table)
     for name, dist, directory in conf_dirs():
