@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 SUBCOMMANDS = ("train", "plugins", "compare", "eval")
 log = logging.getLogger("alignx")
@@ -21,40 +21,74 @@ def _print_error(message: str) -> None:
     print(f"alignx: error: {redact_text(message)}", file=sys.stderr)
 
 
+def _preflight(argv: Sequence[str]) -> str | None:
+    """Problems Hydra would report as a traceback or a page of text, as alignx's one line (None: all good).
+
+    Checked before Hydra composes anything: a missing launcher install, a mistyped group option
+    (with the valid options and the closest one), a mistyped key, an unparsable override.
+    """
+    from hydra.errors import OverrideParseException
+
+    from alignx.config import check_group_choices, check_override_keys, missing_extra
+    from alignx.errors import AlignxError
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    if "-m" in argv or "--multirun" in argv:
+        # a launcher is only used by a multirun; name its missing install before Hydra fails to import it
+        for o in overrides:
+            need = missing_extra(o.split("=", 1)[1]) if o.startswith("hydra/launcher=") else None
+            if need:
+                return f"{o} needs a launcher plugin that is not installed: {need}"
+    try:
+        check_group_choices(overrides)
+        check_override_keys(overrides)
+    except AlignxError as exc:
+        return str(exc)
+    except OverrideParseException as exc:
+        return f"{str(exc).splitlines()[0]} (quote values holding '=' or spaces, e.g. '[\"objective=sft\"]')"
+    return None
+
+
+def _optimized_value(cfg: Any, metrics: dict[str, float]) -> float | list[float] | None:
+    """What a sweeper optimises (Optuna): the job's value of ``optimized_metric``, or a list of
+    values for a multi-objective study; None when ``optimized_metric`` is null (the default)."""
+    from omegaconf import ListConfig
+
+    from alignx.errors import ConfigError
+
+    wanted = cfg.optimized_metric
+    if wanted is None:
+        return None
+    names = [str(n) for n in wanted] if isinstance(wanted, ListConfig) else [str(wanted)]
+    missing = [n for n in names if n not in metrics]
+    if missing:
+        hint = ""
+        if any(n.startswith("val/") for n in missing) and not any(k.startswith("val/") for k in metrics):
+            hint = " (no validation ran: max_steps ended training before trainer.val_check_interval)"
+        raise ConfigError(
+            f"optimized_metric={', '.join(missing)} is not a metric of this job{hint}. "
+            f"Available metrics: {', '.join(sorted(metrics))}"
+        )
+    values = [float(metrics[n]) for n in names]
+    return values if isinstance(wanted, ListConfig) else values[0]
+
+
 def _hydra_train(argv: Sequence[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from alignx.config import PRIMARY_CONFIG, check_group_choices, check_override_keys, register_search_path
+    from alignx.config import PRIMARY_CONFIG, register_search_path
     from alignx.errors import AlignxError
     from alignx.paths import register_resolvers
     from alignx.registry import conf_dirs
 
     register_search_path()
     register_resolvers()
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
-    from hydra.errors import OverrideParseException
-
-    if "-m" in argv or "--multirun" in argv:
-        # a launcher is only used by a multirun; name its missing install before Hydra fails to import it
-        from alignx.config import missing_extra
-
-        for o in overrides:
-            if o.startswith("hydra/launcher="):
-                need = missing_extra(o.split("=", 1)[1])
-                if need:
-                    _print_error(f"{o} needs a launcher plugin that is not installed: {need}")
-                    return 2
-    try:
-        check_group_choices(overrides)
-        check_override_keys(overrides)
-    except AlignxError as exc:
-        _print_error(str(exc))
-        return 2
-    except OverrideParseException as exc:
-        _print_error(f"{str(exc).splitlines()[0]} (quote values holding '=' or spaces, e.g. '[\"objective=sft\"]')")
+    problem = _preflight(argv)
+    if problem:
+        _print_error(problem)
         return 2
 
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
@@ -62,9 +96,8 @@ def _hydra_train(argv: Sequence[str]) -> int:
         # Hydra's root handlers already print and file every record; Lightning's own console
         # handler would print each of its messages twice.
         import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
-        from omegaconf import ListConfig
 
-        from alignx.errors import ConfigError, JobInterrupted
+        from alignx.errors import JobInterrupted
         from alignx.job import run_job
         from alignx.secrets import install_secret_filter
 
@@ -76,23 +109,7 @@ def _hydra_train(argv: Sequence[str]) -> int:
             job = run_job(cfg, list(HydraConfig.get().overrides.task))
             if job.rank_zero:
                 _print_summary(job)
-            # What a sweeper optimises (Optuna): the job's value of `optimized_metric`, or a list
-            # of values for a multi-objective study. null (the default): nothing to return.
-            wanted = cfg.get("optimized_metric")
-            if wanted is None:
-                return None
-            names = [str(n) for n in wanted] if isinstance(wanted, ListConfig) else [str(wanted)]
-            missing = [n for n in names if n not in job.metrics]
-            if missing:
-                hint = ""
-                if any(n.startswith("val/") for n in missing) and not any(k.startswith("val/") for k in job.metrics):
-                    hint = " (no validation ran: max_steps ended training before trainer.val_check_interval)"
-                raise ConfigError(
-                    f"optimized_metric={', '.join(missing)} is not a metric of this job{hint}. "
-                    f"Available metrics: {', '.join(sorted(job.metrics))}"
-                )
-            values = [float(job.metrics[n]) for n in names]
-            return values if isinstance(wanted, ListConfig) else values[0]
+            return _optimized_value(cfg, job.metrics)
         except JobInterrupted as exc:
             # the run is KILLED; the exit status tells a scheduler the job did not complete
             log.error("%s", exc)

@@ -168,30 +168,19 @@ def evaluate_policy(
     """
     metrics: dict[str, float] = {}
     samples: list[dict] = []
-    gen = dict(
-        max_new_tokens=int(cfg["max_new_tokens"]),
-        seed=seed,
-        prompt_is_templated=prompt_is_templated,
-    )
     if prompts:
+        gen = dict(max_new_tokens=int(cfg["max_new_tokens"]), seed=seed, prompt_is_templated=prompt_is_templated)
+        sampling = dict(temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]))
         # repeated prompts get independent samples, but their greedy completion is computed once
         unique = list(dict.fromkeys(prompts))
         by_prompt = dict(zip(unique, generate(model, tokenizer, unique, greedy=True, **gen)))
         greedy = [by_prompt[p] for p in prompts]
-        sampled = generate(
-            model,
-            tokenizer,
-            prompts,
-            temperature=float(cfg["temperature"]),
-            top_k=int(cfg["top_k"]),
-            top_p=float(cfg["top_p"]),
-            **gen,
-        )
+        sampled = generate(model, tokenizer, prompts, **sampling, **gen)
         g_scores = list(reward_fn(prompts, greedy)) if reward_fn else [None] * len(prompts)
         s_scores = list(reward_fn(prompts, sampled)) if reward_fn else [None] * len(prompts)
         if reward_fn:
-            metrics["eval/gold_reward_greedy"] = sum(g_scores) / len(g_scores)
-            metrics["eval/gold_reward_sampled"] = sum(s_scores) / len(s_scores)
+            metrics["eval/gold_reward_greedy"] = _mean(g_scores)
+            metrics["eval/gold_reward_sampled"] = _mean(s_scores)
         ref_sampled: list[str] | None = None
         if reference is not None:
             metrics["eval/kl_to_reference"] = kl_to_reference(
@@ -199,30 +188,37 @@ def evaluate_policy(
             )
             # win rate against the reference policy: its own samples for the same prompts, same seed
             with reference() as ref:
-                ref_sampled = generate(ref, tokenizer, prompts, temperature=float(cfg["temperature"]),
-                                       top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]), **gen)
+                ref_sampled = generate(ref, tokenizer, prompts, **sampling, **gen)
             if reward_fn:
                 metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(prompts, ref_sampled)))
         for name, fn in (reward_models or {}).items():
-            kw = {"prompt_is_templated": prompt_is_templated} if hasattr(fn, "encode") else {}
-            metrics[f"eval/{name}_reward_greedy"] = _mean(fn(prompts, greedy, **kw))
-            rm_sampled = list(fn(prompts, sampled, **kw))
-            metrics[f"eval/{name}_reward_sampled"] = _mean(rm_sampled)
-            if ref_sampled is not None:
-                metrics[f"eval/win_rate_{name}"] = win_rate(rm_sampled, list(fn(prompts, ref_sampled, **kw)))
-        n = int(cfg.get("best_of_n", 1) or 1)
+            metrics.update(_reward_model_metrics(name, fn, prompts, greedy, sampled, ref_sampled, prompt_is_templated))
+        n = int(cfg["best_of_n"])
         if n > 1 and reward_fn:
             # inference-time alignment: sample n per prompt, keep the best by the gold reward
             many = [p for p in prompts for _ in range(n)]
-            samples_n = generate(model, tokenizer, many, temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"]),
-                                 top_p=float(cfg["top_p"]), **{**gen, "seed": seed + 1})
+            samples_n = generate(model, tokenizer, many, **sampling, **{**gen, "seed": seed + 1})
             metrics[f"eval/gold_reward_best_of_{n}"] = _mean(best_of_n(list(reward_fn(many, samples_n)), n))
-        n_log = int(cfg.get("num_logged_samples", 16))
-        for p, g, gs, s, ss in list(zip(prompts, greedy, g_scores, sampled, s_scores))[:n_log]:
-            samples.append({"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss})
+        rows = zip(prompts, greedy, g_scores, sampled, s_scores)
+        samples = [{"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss}
+                   for p, g, gs, s, ss in list(rows)[: int(cfg["num_logged_samples"])]]
     if ppl_batches:
         metrics["eval/perplexity"] = perplexity(model, ppl_batches)
     return metrics, samples
+
+
+def _reward_model_metrics(
+    name: str, fn: RewardFn, prompts: Sequence[str], greedy: Sequence[str], sampled: Sequence[str],
+    ref_sampled: Sequence[str] | None, prompt_is_templated: bool,
+) -> dict[str, float]:
+    """A learned (proxy) reward's view of the same samples: ``eval/<name>_reward_greedy|sampled``, ``eval/win_rate_<name>``."""
+    # a reward-model scorer encodes prompts itself and must know whether they are chat-templated
+    kw = {"prompt_is_templated": prompt_is_templated} if hasattr(fn, "encode") else {}
+    rm_sampled = list(fn(prompts, sampled, **kw))
+    out = {f"eval/{name}_reward_greedy": _mean(fn(prompts, greedy, **kw)), f"eval/{name}_reward_sampled": _mean(rm_sampled)}
+    if ref_sampled is not None:
+        out[f"eval/win_rate_{name}"] = win_rate(rm_sampled, list(fn(prompts, ref_sampled, **kw)))
+    return out
 
 
 def _mean(values: Sequence[float]) -> float:
