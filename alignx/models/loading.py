@@ -76,7 +76,8 @@ def build_hf(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn.Mo
     source = str(local) if is_local else name
     kwargs = dict(
         revision=cfg.get("revision") or None,
-        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        # opt-in: only an explicit `true` runs code shipped with a checkpoint (conf/model/hf.yaml says false)
+        trust_remote_code=cfg.get("trust_remote_code") is True,
     )
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **kwargs)
