@@ -1,5 +1,7 @@
 """A real `mlflow server` on 127.0.0.1: sweeps against it, and what happens when it is missing or lost."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,14 +21,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def _start_server(tmp: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """An `mlflow server` on 127.0.0.1 storing under ``tmp`` (started again on the same ``port``, it
+    serves the same store)."""
+    port = port or _free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--artifacts-destination", str(tmp / "server-artifacts"),
          "--workers", "1"],
-        stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT,
+        stdout=open(tmp / "server.log", "a"), stderr=subprocess.STDOUT,
+        # its own process group, so stopping it stops its uvicorn worker too; no background job
+        # runner (three more processes the tests never use)
+        start_new_session=True, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -42,12 +49,19 @@ def _start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     raise AssertionError("mlflow server did not start: " + (tmp / "server.log").read_text()[-3000:])
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _stop(proc: subprocess.Popen, *, crash: bool = False) -> None:
+    """Stop the server and its worker (SIGTERM; SIGKILL after 20 s, or at once with ``crash``)."""
+    if not crash:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 @pytest.fixture
@@ -109,7 +123,7 @@ def test_server_lost_mid_run_still_saves_the_model(tmp_path, server):
                                 "dataset.n_train=400", "eval.num_prompts=4"),
          f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     client = MlflowClient(tracking_uri=uri)
     deadline = time.time() + 240

@@ -1,4 +1,4 @@
-"""MLflow tracking: runs, sweeps, the Lightning logger bridge, param flattening/scrubbing.
+"""MLflow tracking: runs, sweeps, the Lightning logger bridge, params and records with secrets masked.
 
 Import-light on purpose: commands that train nothing (``alignx compare``) use the run helpers
 without paying for Lightning, which only :class:`TrackerLogger` needs.
@@ -6,24 +6,30 @@ without paying for Lightning, which only :class:`TrackerLogger` needs.
 
 from typing import Any
 
-from alignx.tracking.params import config_params, flatten, is_secret_key
-from alignx.tracking.run import (
-    MlflowTracker,
-    Tracker,
-    default_tracking_uri,
-    finishing,
-    ui_command,
-)
+from alignx.secrets import install_secret_filter, redact, redact_overrides, redact_text
+from alignx.tracking.base import Tracker, finishing
+from alignx.tracking.connection import TrackingUnavailable, default_tracking_uri, ui_command
+from alignx.tracking.local_store import ensure_store
+from alignx.tracking.params import config_params, flatten, is_secret_key, overrides_tag, redacted_config_yaml
+from alignx.tracking.run import MlflowTracker
 
 __all__ = [
     "MlflowTracker",
     "Tracker",
     "TrackerLogger",
+    "TrackingUnavailable",
     "config_params",
     "default_tracking_uri",
+    "ensure_store",
     "finishing",
     "flatten",
+    "install_secret_filter",
     "is_secret_key",
+    "overrides_tag",
+    "redact",
+    "redact_overrides",
+    "redact_text",
+    "redacted_config_yaml",
     "ui_command",
 ]
 

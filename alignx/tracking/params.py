@@ -1,27 +1,17 @@
-"""Config -> MLflow params: flattening and scrubbing of secret-looking values."""
+"""Config -> MLflow params: flattening, and masking of secret-looking values (rules in :mod:`alignx.secrets`)."""
 
 from __future__ import annotations
 
-import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-SECRET_WORDS = {"token", "password", "passwd", "secret", "key", "apikey", "credential", "credentials"}
-MASK = "***"
+from alignx.secrets import MASK, is_secret_key, is_secret_path, redact, redact_overrides, redact_text
+
+__all__ = [
+    "MASK", "MAX_VALUE_LEN", "config_params", "flatten", "is_secret_key", "overrides_tag", "redacted_config_yaml",
+]
+
 #: MLflow's limit on a param value's length
 MAX_VALUE_LEN = 6000
-
-
-def _words(key: str) -> list[str]:
-    # split snake_case, kebab-case and camelCase so "hf_token" and "apiKey" are caught but
-    # "max_new_tokens" (a count, not a secret) is not
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)
-    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]
-
-
-def is_secret_key(key: str) -> bool:
-    """True if the last component of a dotted key names a secret (token, password, secret, key)."""
-    leaf = key.rsplit(".", 1)[-1]
-    return any(w in SECRET_WORDS for w in _words(leaf))
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -39,9 +29,26 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_params(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Flattened, scrubbed, stringified params ready for MLflow."""
+    """Flattened, masked, stringified params ready for MLflow.
+
+    A value under a secret key (any component: ``tracking.credentials.user`` too) becomes
+    ``***``; any other value has URL credentials and secret ``key=value`` text masked.
+    """
     params = {}
     for key, value in flatten(cfg).items():
-        text = MASK if is_secret_key(key) and value not in (None, "") else str(value)
+        text = MASK if is_secret_path(key) and value not in (None, "") else redact_text(str(value))
         params[key] = text[:MAX_VALUE_LEN]
     return params
+
+
+def redacted_config_yaml(resolved: Mapping[str, Any]) -> str:
+    """YAML of a (resolved) config with every secret masked: the run dir's config.yaml and the
+    ``config/resolved.yaml`` artifact."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(redact(dict(resolved))))
+
+
+def overrides_tag(overrides: Iterable[str]) -> str:
+    """The ``alignx.overrides`` tag: the job's command-line overrides, secret values masked."""
+    return " ".join(redact_overrides(overrides))

@@ -21,19 +21,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from alignx.paths import resolve_outputs_root
+from alignx.secrets import redact_overrides
+from alignx.tracking.params import config_params
+from alignx.tracking.start import start_tracking
+from alignx.tracking.sweep_state import STATE_DIR, read_parent, sweep_state_dir
+
 log = logging.getLogger("alignx")
-
-STATE_DIR = ".alignx"
-
-
-def sweep_state_dir(sweep_dir: str | Path) -> Path:
-    return Path(sweep_dir) / STATE_DIR
-
-
-def read_parent(sweep_dir: str | Path) -> dict | None:
-    """The sweep's parent-run record (``parent_run_id``, ``tracking_uri``), if a sweep callback made one."""
-    path = sweep_state_dir(sweep_dir) / "sweep.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
@@ -53,9 +47,6 @@ class MlflowSweepCallback(Callback):
         self._optimized_metric: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from alignx.tracking.params import config_params
-        from alignx.train import resolve_outputs_root, start_tracking
-
         if config.tracking.name == "none":
             return
         overrides = list(config.hydra.overrides.task)
@@ -66,7 +57,7 @@ class MlflowSweepCallback(Callback):
         tracker = start_tracking(
             config,
             resolve_outputs_root(config),
-            overrides,
+            redact_overrides(overrides),  # the parent's alignx.overrides tag
             run_name=f"sweep {self._sweep_dir.parent.name}/{self._sweep_dir.name}",
             extra_tags={"alignx.sweep": "true", "alignx.sweep_dir": str(self._sweep_dir)},
         )
@@ -94,7 +85,7 @@ class MlflowSweepCallback(Callback):
         state = sweep_state_dir(Path(hc.sweep.dir).resolve()) / "jobs"
         if state.is_dir():
             (state / f"{hc.job.num}.json").write_text(
-                json.dumps({"status": job_return.status.name, "overrides": list(hc.overrides.task)})
+                json.dumps({"status": job_return.status.name, "overrides": redact_overrides(hc.overrides.task)})
             )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
