@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
@@ -154,4 +153,16 @@ def test_sft_on_a_model_with_nan_weights_stops_at_the_first_loss(tmp_path):
     assert [r.info.status for r in _runs(tmp_path)] == ["FAILED"]
     assert not list((tmp_path / "job").glob("checkpoints/*.ckpt"))
     assert not (tmp_path / "job" / "model").exists()  # no model saved from NaN weights
-    assert json.loads((tmp_path / "nan_model" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_online_rl_keeps_its_own_checks_under_the_guard(tmp_path):
+    """Manual optimisation (online RL) checks inside its loop; the guard neither adds a second
+    error nor gets in the way of a healthy run."""
+    common = ["objective=grpo", "data.batch_size=4", "objective.max_new_tokens=6", "objective.group_size=2",
+              "eval.enabled=false", "save.model=false", GUARD, f"outputs_root={tmp_path}"]
+    healthy = train(compose(fast(*common, "trainer.max_steps=2", f"output_dir={tmp_path / 'ok'}")))
+    assert MlflowClient(healthy.tracking_uri).get_run(healthy.run_id).info.status == "FINISHED"
+    with pytest.raises(TrainingDiverged) as err:
+        train(compose(fast(*common, "optim.lr=1e30", "trainer.max_steps=8", f"output_dir={tmp_path / 'bad'}")))
+    assert re.search(r"not finite (in|after the updates of) training step \d+; training stopped", str(err.value))
+    assert not str(err.value).startswith("objective=grpo:")  # the online loop's message, not the guard's

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Mapping
 import lightning as L
 import torch
 
-from alignx.config import _unknown as check_known_keys
+from alignx.config import check_known_keys
 from alignx.data.tokenize import (
     encode_prompt,
     fit_to_length,
@@ -53,6 +53,7 @@ from alignx.objectives.guards import checkpoint_hint
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
 from alignx.ops.rl import entropy_from_logits, kl_estimate, zero_masked
 from alignx.rewards.combine import build_reward
+from alignx.tracking.logger import TrackerLogger
 
 
 #: keys every online objective's config node may hold (subclasses add their own)
@@ -405,9 +406,8 @@ class OnlineObjective(ReferenceObjective):
         if logger is not None and self.trainer.is_global_zero:
             logger.log_metrics(metrics, step=step + 1)
             if self.log_samples_every and step % self.log_samples_every == 0:
-                tracker = getattr(logger, "tracker", None)
-                if tracker is not None:
-                    tracker.log_table(self.sample_rows(exp), f"samples/rollouts/step-{step + 1:06d}.json")
+                if isinstance(logger, TrackerLogger):  # the job's logger; another one has no tables
+                    logger.tracker.log_table(self.sample_rows(exp), f"samples/rollouts/step-{step + 1:06d}.json")
 
     #: metrics shown on the progress bar
     progress_keys: ClassVar[tuple[str, ...]] = ()

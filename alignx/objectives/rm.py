@@ -11,6 +11,7 @@ import torch
 from alignx.data.batching import collate_sft
 from alignx.errors import ConfigError
 from alignx.losses.reward import grouped_ranking_loss, ranking_pairs
+from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head
 from alignx.objectives.base import Objective
 from alignx.objectives.dpo import encode_prompt_completions
@@ -154,8 +155,6 @@ def set_normalization(model: torch.nn.Module, *, offset: float, scale: float) ->
     the model) and added by :class:`alignx.rewards.model.RewardModelScorer`; with plain
     transformers, add ``model.config.alignx_reward_offset`` to the logits yourself.
     """
-    from alignx.models.adapters import is_peft
-
     base = model.get_base_model() if is_peft(model) else model
     head = _head(base)
     with torch.no_grad():
