@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import torch
 
 from alignx.errors import ModelLoadError
+from alignx.models.tokenizer import build_byte_tokenizer
+from alignx.registry import load_plugins
 
 
 def build_llama(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
@@ -21,8 +23,6 @@ def build_llama(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn
     weights regardless of the training seed.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alignx.models.tokenizer import build_byte_tokenizer
 
     tokenizer = tokenizer or build_byte_tokenizer(model_max_length=int(cfg["max_position_embeddings"]))
     config = LlamaConfig(
@@ -110,8 +110,6 @@ def build_hf(cfg: Mapping[str, Any], tokenizer: Any = None) -> tuple[torch.nn.Mo
 
 def build_model(cfg: Mapping[str, Any], registry: Any = None) -> tuple[torch.nn.Module, Any]:
     """Build the model named by ``cfg.kind`` through the registry (``llama``, ``hf`` or a plugin's)."""
-    from alignx.registry import load_plugins
-
     registry = registry or load_plugins()
     builder = registry.get("model", str(cfg["kind"]))
     return builder(cfg)

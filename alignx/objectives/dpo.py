@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from alignx.config import _unknown as check_known_keys
+from alignx.config import check_known_keys
 from alignx.data.batching import collate_sft
 from alignx.data.tokenize import (
     encode_prompt,
