@@ -327,6 +327,8 @@ def test_unmatched_lora_targets_stop_the_job_before_any_run_or_cache(tmp_path):
         train(cfg)
     assert_nothing_created(tmp_path)
     assert not (tmp_path / "mlflow.db").exists()
+    # the base model saved before the adapter is applied is removed with the failed adapter
+    assert not (tmp_path / "run" / "base").exists()
 
 
 # -- the schemas: types and ranges only; every default lives in the YAML ----------------------------

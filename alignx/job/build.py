@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,7 +46,13 @@ def build_policy(
     if adapter_name != "none":
         if cfg.save.model and str(cfg.model.kind) != "hf" and is_rank_zero():
             base_dir = save_pretrained_atomic(output_dir / "base", model, tokenizer)
-        model = registry.get("adapter", adapter_name)(model, cfg.adapter)
+        try:
+            model = registry.get("adapter", adapter_name)(model, cfg.adapter)
+        except BaseException:
+            # a bad adapter config (targets that match no layer) leaves nothing behind
+            if base_dir is not None:
+                shutil.rmtree(base_dir, ignore_errors=True)
+            raise
     return model, tokenizer, base_dir
 
 
