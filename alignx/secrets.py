@@ -162,7 +162,10 @@ class SecretFilter(logging.Filter):
 def _mask_record(record: logging.LogRecord) -> None:
     if getattr(record, "_alignx_masked", False):
         return
-    message = record.getMessage()
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: logging reports it when a handler formats the record
+        return
     masked = redact_text(message)
     if masked != message:
         record.msg, record.args = masked, None

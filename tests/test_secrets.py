@@ -157,7 +157,7 @@ def test_unreachable_server_message_has_no_password():
 
 
 # A Hydra multirun of a task that trains nothing, with alignx's primary config and callbacks:
-# the launcher, Hydra's files and the job's own log line all see the secret.
+# the launcher, Hydra's files, the sweep's MLflow parent run and the job's own log line all see the secrets.
 SWEEP_APP = """
 import logging, sys
 import hydra
@@ -170,35 +170,48 @@ task()
 """
 
 
-def test_hydra_files_and_logs_of_a_sweep_are_masked(tmp_path):
-    sweep = tmp_path / "sweep"
+def test_a_sweep_keeps_secrets_out_of_hydra_files_logs_and_its_parent_run(tmp_path):
+    sweep, outs = tmp_path / "sweep", tmp_path / "outs"
     proc = subprocess.run(
-        [sys.executable, "-c", SWEEP_APP, str(REPO / "conf"), "-m", "seed=1,2", "tracking=none",
-         "+tracking.password=hunter2-pw", "+tracking.uri=http://alice:url-pw@127.0.0.1:1",
-         f"hydra.sweep.dir={sweep}"],
+        [sys.executable, "-c", SWEEP_APP, str(REPO / "conf"), "-m", "seed=1,2", "+tracking.password=hunter2-pw",
+         "+tracking.mirror=http://alice:url-pw@127.0.0.1:1", f"hydra.sweep.dir={sweep}", f"outputs_root={outs}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stderr + proc.stdout
     # the launcher prints each job's overrides (escaped as Hydra quotes them)
-    assert "#0 : seed=1 tracking=none +tracking.password=*** +tracking.uri=http\\://***@127.0.0.1\\:1" in output
+    assert "#0 : seed=1 +tracking.password=*** +tracking.mirror=http\\://***@127.0.0.1\\:1" in output
     assert "job 2 logs in with password=***" in output
     assert "hunter2-pw" not in output and "url-pw" not in output
     files = [p for p in sweep.rglob("*") if p.is_file()]
     assert {p.relative_to(sweep).as_posix() for p in files} >= {
-        "multirun.yaml", "0/.hydra/config.yaml", "0/.hydra/hydra.yaml", "0/.hydra/overrides.yaml", "1/.hydra/overrides.yaml"}
+        "multirun.yaml", "0/.hydra/config.yaml", "0/.hydra/hydra.yaml", "0/.hydra/overrides.yaml", "1/.hydra/overrides.yaml",
+        ".alignx/jobs/1.json"}
     for path in files:
         text = path.read_text()
         assert "hunter2-pw" not in text and "url-pw" not in text, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outs", "sweep"]  # masking claimed no other directory
     assert OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml")[0] == "seed=2"
     assert OmegaConf.load(sweep / "1" / ".hydra" / "config.yaml").tracking.password == MASK
     hydra_cfg = OmegaConf.load(sweep / "1" / ".hydra" / "hydra.yaml").hydra
     assert "+tracking.password=***" in list(hydra_cfg.overrides.task)
     # rebuilt from the masked overrides as Hydra builds it (a sweep job's overrides come back escaped)
-    assert hydra_cfg.job.override_dirname == "+tracking.password=***,+tracking.uri=http\\://***@127.0.0.1\\:1,seed=2,tracking=none"
+    assert hydra_cfg.job.override_dirname == (
+        f"+tracking.mirror=http\\://***@127.0.0.1\\:1,+tracking.password=***,outputs_root={outs},seed=2")
     multirun = OmegaConf.load(sweep / "multirun.yaml")
     assert multirun.tracking.password == MASK
     assert multirun.model.num_key_value_heads == OmegaConf.load(REPO / "conf" / "model" / "tiny.yaml").num_key_value_heads
+    # the sweep's parent run: masked params and overrides tag, and nothing anywhere in the store
+    client = MlflowClient(tracking_uri=f"sqlite:///{outs / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("alignx").experiment_id])
+    assert parent.data.tags["alignx.sweep"] == "true"
+    assert parent.data.params["tracking.password"] == MASK
+    assert parent.data.params["tracking.mirror"] == "http://***@127.0.0.1:1"
+    assert parent.data.tags["alignx.overrides"] == (
+        f"seed=1,2 +tracking.password=*** +tracking.mirror=http://***@127.0.0.1:1 outputs_root={outs}")
+    for db in outs.glob("mlflow.db*"):
+        data = db.read_bytes().decode("latin-1")
+        assert "hunter2-pw" not in data and "url-pw" not in data, db
 
 
 # -- a real job, with a credentialed tracking URL to a real server ----------------------------
@@ -235,6 +248,7 @@ def test_job_with_credentialed_tracking_url_keeps_secrets_off_disk_and_out_of_pa
     assert _leaks(proc.stdout + proc.stderr) == []
     run_dir = tmp / "run"
     assert (run_dir / "model" / "model.safetensors").is_file()
+    assert not (tmp / "outputs").exists()  # nothing claimed a default run or sweep dir
     files = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in {".yaml", ".json", ".log", ".txt"}]
     assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"} <= {p.relative_to(run_dir).as_posix() for p in files}
     for path in files:

@@ -73,9 +73,11 @@ def mask_job_files(config: DictConfig) -> list[Path]:
             path = Path(str(output_dir)) / str(subdir) / name
             if mask_yaml_file(path):
                 changed.append(path)
-    sweep_dir = OmegaConf.select(config, "hydra.sweep.dir")
-    if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN and sweep_dir:
-        path = Path(str(sweep_dir)) / "multirun.yaml"
+    if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN and output_dir:
+        # the job's dir is <sweep dir>/<subdir>; hydra.sweep.dir itself is not resolved again here
+        # (alignx.unique_dir would claim a new directory in a launcher's worker process)
+        depth = len(Path(str(OmegaConf.select(config, "hydra.sweep.subdir"))).parts)
+        path = Path(str(output_dir)).parents[depth - 1] / "multirun.yaml"
         if mask_yaml_file(path):
             changed.append(path)
     return changed

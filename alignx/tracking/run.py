@@ -84,9 +84,6 @@ class MlflowTracker(Tracker):
         self._pending = PendingRuns(pending_dir) if pending_dir is not None else None
         self._finalise_earlier_runs()
         tags = dict(tags or {})
-        #: per metric key, the last step already in the run (a resumed run does not log those again)
-        self._logged_through: dict[str, int] = {}
-        self._existing_params: dict[str, str] = {}
         if resume_run_id:
             run = self._reopen(resume_run_id, tags)
         else:
@@ -128,6 +125,9 @@ class MlflowTracker(Tracker):
         self.finalised = False
         self._pending: PendingRuns | None = None
         self._persisted = False  # this run is in the pending file
+        #: per metric key, the last step already in the run (a resumed run does not log those again)
+        self._logged_through: dict[str, int] = {}
+        self._existing_params: dict[str, str] = {}
 
     def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
         """Continue an interrupted run: status back to RUNNING, its logged steps remembered."""
