@@ -99,6 +99,7 @@ def test_truncation_counts_reported(tok):
     items, stats = encode_rows(rows, enc_drop)
     assert len(items) == 1 and stats.as_metrics("data/train") == {
         "data/train/kept": 1.0, "data/train/truncated": 0.0, "data/train/dropped": 2.0,
+        "data/train/identical_after_truncation": 0.0,
     }
 
 

@@ -86,4 +86,7 @@ def encode_split(
     if cache_dir is None:
         return (*encode(), False)
     encoder = f"{objective_cls.__module__}.{objective_cls.__qualname__}.encode"
-    return cached_encode(cache_dir, cache_key(rows, tokenizer, encoder, data_cfg), encode, label)
+    items, stats, hit = cached_encode(cache_dir, cache_key(rows, tokenizer, encoder, data_cfg), encode, label)
+    if hit:  # encode_rows warned when it ran; a cache hit must say the same
+        stats.warn_identical(label)
+    return items, stats, hit

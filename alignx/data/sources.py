@@ -399,7 +399,7 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
 
     Keys: ``task`` (a registered task name), ``n_train`` / ``n_val`` /
     ``n_test`` (row counts), ``label_noise`` (default 0), ``ranked_k`` (completions per
-    ranked row, default 4; passed to the task's ``rows`` as ``k`` for kind "ranked").
+    ranked row; passed to the task's ``rows`` as ``k`` for kind "ranked").
     """
 
     registry = load_plugins()
@@ -418,7 +418,9 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
         params = inspect.signature(task.rows).parameters
         if "k" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             raise ConfigError(f"builtin task '{name}' does not generate ranked rows (its rows() takes no 'k')")
-        extra["k"] = int(cfg.get("ranked_k", 4))
+        if cfg.get("ranked_k") is None:
+            raise ConfigError(f"dataset.ranked_k (completions per ranked row) is required for ranked rows of builtin task '{name}'")
+        extra["k"] = int(cfg["ranked_k"])
     rows = task.rows(kind, split, int(n), seed=seed, label_noise=label_noise, **extra)
     source = f"builtin task '{name}' ({split} split)"
     items = _validated(((source, i, row) for i, row in enumerate(rows, 1)), kind, {}, None)

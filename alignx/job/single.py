@@ -113,11 +113,12 @@ def plan_job(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
     output_dir, outputs_root = resolve_paths(cfg)
-    check_writable(outputs_root, "outputs_root")
-    check_writable(output_dir, "output_dir")
     plan = Plan(cfg, registry, objective_cls, output_dir, outputs_root,
                 list(overrides) if overrides is not None else hydra_overrides())
     plan.resume = resolve_resume(cfg, output_dir, tracking_uri(cfg, outputs_root))
+    # last: the probe creates the directories, which a config error found earlier must not leave behind
+    check_writable(outputs_root, "outputs_root")
+    check_writable(output_dir, "output_dir")
     if plan.resume and plan.resume.run_id and plan.resume.output_dir != output_dir:
         # continuing an interrupted run: its dir keeps its checkpoints and gets its model
         log.info("resuming the job in %s (its checkpoints and model are written there)", plan.resume.output_dir)

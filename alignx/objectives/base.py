@@ -43,8 +43,9 @@ class Objective(L.LightningModule):
     name: ClassVar[str] = ""
     #: which rows the objective trains on (see alignx.tasks.base.ROW_KINDS)
     data_kind: ClassVar[str] = "sft"
-    #: keys the objective's config node may hold (besides ``name``); checked before any work
-    config_keys: ClassVar[frozenset[str]] = frozenset()
+    #: keys the objective's config node may hold (besides ``name``), each with its default in the
+    #: objective's YAML; checked before any work. None: undeclared (nothing is checked)
+    config_keys: ClassVar[frozenset[str] | None] = None
     #: the trained model is a policy, so evaluation samples completions from it; False for a
     #: scorer (a reward model), which evaluation instead scores on held-out rows of :attr:`eval_kind`
     generates_text: ClassVar[bool] = True
@@ -151,9 +152,9 @@ class Objective(L.LightningModule):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Fail before any work on a config this objective cannot run (``cfg`` is the whole job
-        config). Default: objective keys outside :attr:`config_keys` (when it lists any) are
+        config). Default: objective keys outside :attr:`config_keys` (when declared) are
         named with the closest valid one. Subclasses extend it and call ``super()``."""
-        if cls.config_keys:
+        if cls.config_keys is not None:
             check_known_keys([str(k) for k in cfg.objective.keys()], cls.config_keys | {"name"}, "objective.")
 
     @classmethod

@@ -15,6 +15,8 @@ class SFT(Objective):
 
     name = "sft"
     data_kind = "sft"
+    #: SFT takes no options: ``+objective.anything`` is a typo, named before any run
+    config_keys = frozenset()
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -33,10 +33,11 @@ class LabelSmoothedSFT(Objective):
 
     name = "sft_ls"
     data_kind = "sft"
+    config_keys = frozenset({"epsilon"})
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = label_smoothed_nll(out.logits, batch["labels"], float(self.cfg.get("epsilon", 0.1)))
+        loss = label_smoothed_nll(out.logits, batch["labels"], float(self.cfg["epsilon"]))
         return loss, {}
 
 

@@ -74,7 +74,8 @@ class SPIN(DPO):
 
     name: ClassVar[str] = "spin"
     data_kind: ClassVar[str] = "sft"
-    config_keys: ClassVar[frozenset[str]] = DPO.config_keys | SPIN_KEYS
+    # DPO's keys minus the options of reference-free losses, which SPIN refuses
+    config_keys: ClassVar[frozenset[str]] = (DPO.config_keys - {"simpo_gamma", "orpo_lambda"}) | SPIN_KEYS
 
     # -- the job: iterations as stages --------------------------------------------------------
     @classmethod

@@ -62,7 +62,7 @@ def test_registered_through_entry_points_with_its_config():
 
 @pytest.mark.parametrize("override,message", [
     ("objective.iterations=0", r"objective.iterations=0: SPIN needs at least 1 iteration"),
-    ("+objective.precompute_ref_logps=true", r"precompute_ref_logps=true does not apply to SPIN"),
+    ("objective.precompute_ref_logps=true", r"precompute_ref_logps=true does not apply to SPIN"),
     ("objective.loss=simpo", r"reference-free; SPIN is defined against the previous iterate"),
     ("+objective.iteratons=3", r"unknown key 'objective.iteratons'. Did you mean 'objective.iterations'"),
 ])
