@@ -7,7 +7,8 @@ from typing import Any, Iterable, Mapping
 from alignx.secrets import MASK, is_secret_key, is_secret_path, redact, redact_overrides, redact_text
 
 __all__ = [
-    "MASK", "MAX_VALUE_LEN", "config_params", "flatten", "is_secret_key", "overrides_tag", "redacted_config_yaml",
+    "MASK", "MAX_VALUE_LEN", "config_params", "flatten", "is_secret_key", "masked_tags", "overrides_tag",
+    "redacted_config_yaml",
 ]
 
 #: MLflow's limit on a param value's length
@@ -36,7 +37,8 @@ def config_params(cfg: Mapping[str, Any]) -> dict[str, str]:
     """
     params = {}
     for key, value in flatten(cfg).items():
-        text = MASK if is_secret_path(key) and value not in (None, "") else redact_text(str(value))
+        # None (or its text, from a caller that stringified it) means nothing is set: nothing to hide
+        text = MASK if is_secret_path(key) and value not in (None, "", "None") else redact_text(str(value))
         params[key] = text[:MAX_VALUE_LEN]
     return params
 
@@ -52,3 +54,8 @@ def redacted_config_yaml(resolved: Mapping[str, Any]) -> str:
 def overrides_tag(overrides: Iterable[str]) -> str:
     """The ``alignx.overrides`` tag: the job's command-line overrides, secret values masked."""
     return " ".join(redact_overrides(overrides))
+
+
+def masked_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Run tags as MLflow stores them: a secret-named tag is ``***``, any other has secrets in its text masked."""
+    return {k: MASK if is_secret_key(k) and v not in (None, "") else redact_text(str(v)) for k, v in tags.items()}

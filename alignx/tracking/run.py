@@ -25,6 +25,7 @@ from alignx.tracking.base import Tracker, finishing
 from alignx.tracking.connection import TrackingUnavailable, check_server, default_tracking_uri, is_remote, ui_command
 from alignx.tracking.local_store import ensure_store, sqlite_path, store_lock
 from alignx.tracking.outage import OutageLog, PendingRuns, step_ranges
+from alignx.tracking.params import config_params, masked_tags
 
 # names that have always been importable from here
 __all__ = [
@@ -83,7 +84,8 @@ class MlflowTracker(Tracker):
         self._init_state(MlflowClient(tracking_uri=client_uri), client_uri)
         self._pending = PendingRuns(pending_dir) if pending_dir is not None else None
         self._finalise_earlier_runs()
-        tags = dict(tags or {})
+        # the last gate before the store: whatever a caller passes, no secret is written
+        tags, run_name = masked_tags(tags or {}), redact_text(run_name) if run_name else run_name
         if resume_run_id:
             run = self._reopen(resume_run_id, tags)
         else:
@@ -282,6 +284,7 @@ class MlflowTracker(Tracker):
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
+        params = config_params(params)  # flat already: only masks what a caller left unmasked
         if self._existing_params:
             # a resumed run keeps its params (MLflow forbids changing one); differences are recorded
             changed = {k: v for k, v in params.items() if k in self._existing_params and self._existing_params[k] != v}
@@ -318,7 +321,7 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        batch = [RunTag(k, v[:5000]) for k, v in masked_tags(tags).items()]
         self._guard(
             "set tags",
             lambda: self.client.log_batch(self.run_id, tags=batch),
@@ -353,6 +356,8 @@ class MlflowTracker(Tracker):
             self.client.log_artifact(self.run_id, str(target), artifact_path=None if parent == "." else parent)
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        if artifact_file.endswith((".yaml", ".yml")):
+            text = redact_text(text)  # config records; tables of generations are left as generated
         self._guard(
             f"log {artifact_file}",
             lambda: self._send_text(text, artifact_file),
