@@ -127,6 +127,7 @@ class MlflowTracker(Tracker):
         self.finalised = False
         self._pending: PendingRuns | None = None
         self._persisted = False  # this run is in the pending file
+        self._finish_retried = False  # finish failed and is being tried again
         #: per metric key, the last step already in the run (a resumed run does not log those again)
         self._logged_through: dict[str, int] = {}
         self._existing_params: dict[str, str] = {}
@@ -411,6 +412,8 @@ class MlflowTracker(Tracker):
                 self.outage.lost.append(f"status {status}")
         except _StoreDown:
             return False
+        if self._finish_retried:
+            log.warning("MLflow run %s is now %s, after the tracking outage", self.run_id, status)
         self.pending_finish, self.finalised = None, True
         if self._pending is not None:
             self._pending.remove(self.run_id)
@@ -418,10 +421,8 @@ class MlflowTracker(Tracker):
 
     def retry_pending(self) -> bool:
         """Try again to send what an outage held back and to set the final status; True when nothing is left."""
-        done = self._finalise()
-        if done and self.outage.failures:
-            log.warning("MLflow run %s finalised after the tracking outage", self.run_id)
-        return done
+        self._finish_retried = True
+        return self._finalise()
 
     def outage_summary(self) -> dict[str, Any]:
         """What tracking lost, for the job's summary and run.json.
@@ -453,5 +454,4 @@ class MlflowTracker(Tracker):
             earlier._pending = self._pending
             earlier.outage = OutageLog.from_json(entry["outage"])
             earlier._finish_called, earlier.pending_finish = True, str(entry["status"])
-            if earlier.retry_pending():
-                log.info("MLflow run %s, left unfinished by an earlier job, is now %s", run_id, entry["status"])
+            earlier.retry_pending()  # says when the run is finished
