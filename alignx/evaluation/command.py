@@ -35,11 +35,11 @@ def evaluate_model(
     samples, MLflow run id); the run is tagged ``alignx.eval=true``.
     """
     cfg = compose(["model=hf", *overrides])
-    validate(cfg)
     outputs_root = resolve_outputs_root(cfg)
     uri = tracking_uri(cfg, outputs_root) or f"sqlite:///{outputs_root / 'mlflow.db'}"
     downloads = Path(tempfile.mkdtemp(prefix="alignx-eval-"))
     cfg.model.name_or_path = resolve_model_reference(model_ref, uri, downloads / "model")
+    validate(cfg)
     registry = load_plugins()
     model, tokenizer = _load_any(cfg.model)
     objective_cls = registry.get("objective", "rm" if is_reward_model(model) else "sft")
