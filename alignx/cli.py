@@ -97,7 +97,7 @@ def _hydra_train(argv: Sequence[str]) -> int:
         # handler would print each of its messages twice.
         import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
 
-        from alignx.errors import JobInterrupted
+        from alignx.errors import JobInterrupted, TrainingDiverged
         from alignx.job import run_job
         from alignx.secrets import install_secret_filter
 
@@ -119,7 +119,8 @@ def _hydra_train(argv: Sequence[str]) -> int:
             if HydraConfig.get().mode == RunMode.RUN:
                 log.error("%s", exc)
                 _print_error(str(exc))
-                sys.exit(2)
+                # 2: the input was refused before training; 1: training ran and stopped (diverged)
+                sys.exit(1 if isinstance(exc, TrainingDiverged) else 2)
             raise
 
     sys.argv = [sys.argv[0], *argv]
