@@ -164,11 +164,15 @@ def _print_summary(job) -> None:
         print(f"MLflow run:  {job.run_id} in {job.tracking_uri}")
         print(f"open MLflow: {ui_command(job.tracking_uri)}")
     if job.tracking_errors:
+        gaps = job.tracking.get("gaps") or "none"
         print(
             f"WARNING: {len(job.tracking_errors)} MLflow call(s) failed (first: {job.tracking_errors[0]}); "
-            f"the run in MLflow may be incomplete. Outputs on disk are complete.",
+            f"metric steps still missing in MLflow: {gaps}. Outputs on disk are complete (see run.json).",
             file=sys.stderr,
         )
+    if job.tracking.get("pending_finish"):
+        print(f"WARNING: the MLflow run is not yet marked {job.tracking['pending_finish']}; "
+              "the next job on this outputs_root finishes it.", file=sys.stderr)
 
 
 def _plugins(argv: Sequence[str]) -> int:

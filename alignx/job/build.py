@@ -20,7 +20,8 @@ from alignx.models.loading import save_pretrained_atomic
 from alignx.objectives.base import Objective
 from alignx.objectives.guards import DivergenceGuard
 from alignx.registry import Registry
-from alignx.tracking import Tracker, TrackerLogger
+from alignx.tracking import Tracker
+from alignx.tracking.logger import TrackerLogger
 
 
 def is_rank_zero() -> bool:

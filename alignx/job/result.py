@@ -19,6 +19,8 @@ class Job:
     samples: list[dict] = field(default_factory=list)
     #: MLflow calls that failed after the run started (e.g. the server went away)
     tracking_errors: list[str] = field(default_factory=list)
+    #: what MLflow missed: failures, missing step ranges (``gaps``), a status not yet set (``pending_finish``)
+    tracking: dict[str, Any] = field(default_factory=dict)
     #: False in the extra processes of a data-parallel job, which neither track nor write outputs
     rank_zero: bool = True
     #: a pipeline's stages by name (see alignx.job.pipeline); empty for a single-stage job

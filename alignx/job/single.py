@@ -215,8 +215,9 @@ def finish_outputs(plan: Plan, objective: Objective, tokenizer: Any, base_dir: P
 def report_tracking(plan: Plan, tracker: Tracker, job: Job, status: str) -> None:
     """How the run ended and what MLflow missed, in ``run.json`` and the log (a tracking outage leaves a record)."""
     job.tracking_errors = list(tracker.errors)
+    job.tracking = tracker.outage_summary()
     if tracker.run_id and job.rank_zero and (plan.output_dir / "run.json").is_file():
-        update_run_record(plan.output_dir, status=status, tracking=tracker.outage_summary())
+        update_run_record(plan.output_dir, status=status, tracking=job.tracking)
     if job.tracking_errors:
         log.warning(
             "MLflow logging failed %d time(s) during this job (first: %s); outputs on disk are complete in %s, "

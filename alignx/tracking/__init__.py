@@ -1,10 +1,9 @@
 """MLflow tracking: runs, sweeps, the Lightning logger bridge, params and records with secrets masked.
 
 Import-light on purpose: commands that train nothing (``alignx compare``) use the run helpers
-without paying for Lightning, which only :class:`TrackerLogger` needs.
+without paying for Lightning. The Lightning logger bridge, which needs Lightning, is therefore
+not re-exported here: import it from :mod:`alignx.tracking.logger`.
 """
-
-from typing import Any
 
 from alignx.secrets import install_secret_filter, redact, redact_overrides, redact_text
 from alignx.tracking.base import Tracker, finishing
@@ -16,7 +15,6 @@ from alignx.tracking.run import MlflowTracker
 __all__ = [
     "MlflowTracker",
     "Tracker",
-    "TrackerLogger",
     "TrackingUnavailable",
     "config_params",
     "default_tracking_uri",
@@ -33,10 +31,3 @@ __all__ = [
     "ui_command",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "TrackerLogger":
-        from alignx.tracking.logger import TrackerLogger
-
-        return TrackerLogger
-    raise AttributeError(name)

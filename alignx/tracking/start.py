@@ -10,7 +10,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from alignx.errors import ConfigError
-from alignx.tracking.run import MlflowTracker, Tracker, default_tracking_uri
+from alignx.tracking.base import Tracker
+from alignx.tracking.connection import default_tracking_uri
+from alignx.tracking.params import overrides_tag
+from alignx.tracking.run import MlflowTracker
 from alignx.tracking.sweep_state import read_parent
 
 
@@ -28,7 +31,7 @@ def run_tags(cfg: Any, overrides: Sequence[str]) -> dict[str, str]:
         "alignx.model": str(cfg.model.name),
         "alignx.adapter": str(cfg.adapter.name),
         "alignx.dataset": str(cfg.dataset.name),
-        "alignx.overrides": " ".join(overrides),
+        "alignx.overrides": overrides_tag(overrides),
     }
 
 
@@ -64,6 +67,8 @@ def start_tracking(
         artifact_location=(outputs_root / "mlartifacts").as_uri() if local else None,
         parent_run_id=parent_run_id,
         resume_run_id=resume_run_id,
+        # a run whose final status could not be set (server down) is finished by the next job here
+        pending_dir=outputs_root,
     )
 
 
