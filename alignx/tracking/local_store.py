@@ -9,11 +9,12 @@ creation of an experiment (which has the same check-then-create race).
 
 from __future__ import annotations
 
-import fcntl
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
+
+from alignx.store import file_lock
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -25,18 +26,6 @@ def sqlite_path(uri: str) -> Path | None:
     if not path or path == ":memory:":
         return None
     return Path(path)
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; waits until free."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

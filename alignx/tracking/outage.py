@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from alignx.tracking.local_store import file_lock
+from alignx.store import file_lock
 
 #: tags written on a run that lost calls to an outage
 TAG_FAILURES = "alignx.tracking_failures"
