@@ -14,6 +14,7 @@ from alignx.generation import generate
 from alignx.losses.preference import sequence_logps
 from alignx.losses.sft import sft_loss
 from alignx.ops.logprobs import IGNORE_INDEX
+from alignx.rewards.model import RewardModelScorer
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
@@ -213,7 +214,7 @@ def _reward_model_metrics(
 ) -> dict[str, float]:
     """A learned (proxy) reward's view of the same samples: ``eval/<name>_reward_greedy|sampled``, ``eval/win_rate_<name>``."""
     # a reward-model scorer encodes prompts itself and must know whether they are chat-templated
-    kw = {"prompt_is_templated": prompt_is_templated} if hasattr(fn, "encode") else {}
+    kw = {"prompt_is_templated": prompt_is_templated} if isinstance(fn, RewardModelScorer) else {}
     rm_sampled = list(fn(prompts, sampled, **kw))
     out = {f"eval/{name}_reward_greedy": _mean(fn(prompts, greedy, **kw)), f"eval/{name}_reward_sampled": _mean(rm_sampled)}
     if ref_sampled is not None:

@@ -155,7 +155,7 @@ def stage_key(cfg: DictConfig, inputs: Mapping[str, str]) -> str:
     for key in NOT_IN_KEY_TRAINER:
         node.get("trainer", {}).pop(key, None)
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, getattr(alignx, "__version__", ""), node, dict(sorted(inputs.items()))],
+    h.update(json.dumps([CACHE_VERSION, alignx.__version__, node, dict(sorted(inputs.items()))],
                         sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
