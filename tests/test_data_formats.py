@@ -211,7 +211,7 @@ def test_invalid_rows_config_key():
     cfg = compose(["data.invalid_rows=drop"])
     validate(cfg)
     assert compose([]).data.invalid_rows == "error"
-    with pytest.raises(ConfigError, match="data.invalid_rows='skip' is not a policy. Valid: error, drop"):
+    with pytest.raises(ConfigError, match="data.invalid_rows='skip' is not a valid value. Valid: error, drop"):
         validate(compose(["data.invalid_rows=skip"]))
     validate(compose(["data.truncation=error"]))
     with pytest.raises(ConfigError, match="truncate_prompt, truncate_completion, drop, error"):

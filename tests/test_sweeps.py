@@ -39,12 +39,15 @@ def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
 
 
 def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):
-    proc = _sweep(tmp_path, "optim._target_=torch.optim.AdamW,torch.optim.NoSuchOptimizer", "trainer.max_steps=2")
+    # the second job fails mid-training (a strict early-stopping metric that is never logged):
+    # a config error would be refused before its run exists
+    proc = _sweep(tmp_path, "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+                  "+callbacks.stop.check_on_train_epoch_end=true", "+callbacks.stop.monitor=train/loss,val/no_such_metric")
     assert proc.returncode != 0
     parents, children = sweep_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
-    by_target = {c.data.params["optim._target_"]: c.info.status for c in children}
-    assert by_target == {"torch.optim.AdamW": "FINISHED", "torch.optim.NoSuchOptimizer": "FAILED"}
+    by_monitor = {c.data.params["callbacks.stop.monitor"]: c.info.status for c in children}
+    assert by_monitor == {"train/loss": "FINISHED", "val/no_such_metric": "FAILED"}
     assert parents[0].info.status == "FAILED"
     assert parents[0].data.tags["alignx.failed_jobs"] == "1"
     assert not any(r.info.status == "RUNNING" for r in [*parents, *children])

@@ -4,6 +4,7 @@ command-line checks that run before Hydra composes anything."""
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import (
     Any,
     Sequence,
@@ -146,8 +147,16 @@ def check_group_choices(overrides: Sequence[str]) -> None:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = config_groups()
-    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+    for ov in parsed:
+        # options in directories added with hydra.searchpath=[file://...] count too
+        if ov.key_or_group == "hydra.searchpath" and isinstance(ov.value(), list):
+            for entry in ov.value():
+                directory = Path(str(entry).removeprefix("file://"))
+                for sub in (d for d in directory.glob("*") if d.is_dir()) if directory.is_dir() else ():
+                    groups[sub.name] = sorted(set(groups.get(sub.name, [])) | {f.stem for f in sub.glob("*.yaml")})
+    for ov in parsed:
         group = ov.key_or_group
         if "/" in group:
             options = _hydra_group_options(group)
