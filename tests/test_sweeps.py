@@ -26,6 +26,9 @@ def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     assert parent.data.params["alignx.swept_keys"] == "adapter,optim.lr"
     assert parent.data.params["model.name"] == "tiny"  # the fixed config
     assert "optim.lr" not in parent.data.params  # swept, so not a fixed param
+    # the parent describes the sweep: the swept adapters, not the default's name
+    assert parent.data.tags["alignx.adapter"] == "none,lora"
+    assert "adapter.name" not in parent.data.params and parent.data.tags["alignx.objective"] == "sft"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert all(c.info.status == "FINISHED" for c in children)
     # readable, unique names built from what the sweep varies

@@ -38,6 +38,21 @@ def swept_keys(overrides: list[str]) -> list[str]:
     return sorted(o.get_key_element() for o in parsed if o.is_sweep_override())
 
 
+#: the groups whose choice is an ``alignx.<group>`` tag on every run
+TAGGED_GROUPS = ("objective", "model", "adapter", "dataset")
+
+
+def swept_group_tags(overrides: list[str]) -> dict[str, str]:
+    """``alignx.<group>`` tags of a sweep's parent: the swept options (``dpo,kto``), not the default's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    tags = {}
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if ov.key_or_group in TAGGED_GROUPS and ov.is_sweep_override():
+            tags[f"alignx.{ov.key_or_group}"] = ",".join(str(v) for v in ov.sweep_string_iterator())
+    return tags
+
+
 class MlflowSweepCallback(Callback):
     """Hydra callback (configured under ``hydra.callbacks``) that owns a sweep's parent run."""
 
@@ -59,9 +74,11 @@ class MlflowSweepCallback(Callback):
             resolve_outputs_root(config),
             redact_overrides(overrides),  # the parent's alignx.overrides tag
             run_name=f"sweep {self._sweep_dir.parent.name}/{self._sweep_dir.name}",
-            extra_tags={"alignx.sweep": "true", "alignx.sweep_dir": str(self._sweep_dir)},
+            extra_tags={"alignx.sweep": "true", "alignx.sweep_dir": str(self._sweep_dir), **swept_group_tags(overrides)},
         )
-        params = {k: v for k, v in config_params(_resolvable(fixed)).items() if k not in keys}
+        # a swept key, or any key inside a swept group (objective.name when objective=dpo,kto), varies by job
+        params = {k: v for k, v in config_params(_resolvable(fixed)).items()
+                  if k not in keys and k.split(".", 1)[0] not in keys}
         params["alignx.swept_keys"] = ",".join(keys)
         tracker.log_params(params)
         state = sweep_state_dir(self._sweep_dir)
