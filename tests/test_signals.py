@@ -94,3 +94,17 @@ def test_sigint_without_checkpointing_marks_run_killed_and_exits_130(tmp_path: P
     assert run_status(tmp_path, run_id) == "KILLED"
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_lightning_own_sigterm_stop_still_ends_as_an_interruption():
+    """SIGTERM that lands after a step's on_train_batch_end is stopped by Lightning itself, with its
+    SIGTERMException (a SystemExit with status 0); the job turns that into JobInterrupted (exit 143)."""
+    import pytest
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from alignx.errors import JobInterrupted
+    from alignx.job.signals import deferred, interruptible
+
+    with pytest.raises(JobInterrupted) as err, interruptible(), deferred():
+        raise SIGTERMException
+    assert err.value.exit_code == 143 and err.value.signal_name == "SIGTERM"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from alignx.checkpoint import save_checkpoint_now
 from alignx.errors import JobInterrupted
@@ -33,6 +34,8 @@ class _State:
     def __init__(self) -> None:
         self.pending: int | None = None
         self.deferred = False
+        #: the checkpoint written for the pending signal, if any
+        self.checkpoint: str | None = None
 
 
 _state = _State()
@@ -57,7 +60,7 @@ def interruptible() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
-    _state.pending, _state.deferred = None, False
+    _state.pending, _state.deferred, _state.checkpoint = None, False, None
     for s in SIGNALS:
         signal.signal(s, _handler)
     try:
@@ -74,6 +77,10 @@ def deferred() -> Iterator[None]:
     _state.deferred = True
     try:
         yield
+    except SIGTERMException:
+        # Lightning's own stop (a SystemExit with status 0) when SIGTERM came after this step's
+        # on_train_batch_end: StopOnSignal.on_exception checkpointed the finished step
+        raise JobInterrupted(signal.SIGTERM, checkpoint=_state.checkpoint) from None
     finally:
         _state.deferred = False
     if _state.pending is not None:  # arrived after the last step: stop before evaluation and saving
@@ -90,3 +97,10 @@ class StopOnSignal(L.Callback):
             return
         path = save_checkpoint_now(trainer)
         raise JobInterrupted(signum, checkpoint=str(path) if path else None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException at the end of a step (after every update of that step):
+        # a consistent point to checkpoint, as on_train_batch_end would have
+        if isinstance(exception, SIGTERMException):
+            path = save_checkpoint_now(trainer)
+            _state.checkpoint = str(path) if path else None
