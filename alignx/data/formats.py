@@ -45,6 +45,12 @@ A message is ``{"role": "system"|"user"|"assistant", "content": str}``; other ke
 Which form applies is decided per row. Extra columns are ignored and not returned. "Non-empty"
 means not blank: an all-whitespace completion is an error, never silently dropped.
 
+Row formats (``dataset.format``, registry kind ``format``): a :data:`RowFormat` is a function
+``(raw row: dict, dataset cfg) -> row dict`` that file-based sources apply to every raw row before
+``dataset.columns`` and validation. To reject a row naming one of its columns, it raises
+:class:`FormatError` (``raise FormatError("expected a number", column="score")``); the loader
+turns that into a :class:`DataError` naming the file, the row and that column.
+
 Invalid rows: by default the first one raises :class:`DataError` (source, row, column, what was
 expected). Inside :func:`collect_invalid_rows` with policy ``"drop"`` (what ``data.invalid_rows``
 sets around dataset loading), :func:`validate_rows` and the file loaders skip invalid rows and
@@ -59,7 +65,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from alignx.errors import ConfigError, DataError
 
@@ -71,6 +77,27 @@ CANONICAL_COLUMNS = (
 _KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired")
 #: values of ``data.invalid_rows``
 INVALID_ROW_POLICIES = ("error", "drop")
+
+
+#: a row format: ``(raw row, dataset cfg) -> row`` (see the module docstring and :class:`FormatError`)
+RowFormat = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]
+
+
+class FormatError(ValueError):
+    """What a row format raises for a raw row that does not fit it, naming the column at fault.
+
+    ``column`` is the raw row's own column name (formats run before ``dataset.columns``), or
+    None for the row as a whole; ``reason`` is a short phrase under which rows dropped by
+    ``data.invalid_rows=drop`` are counted (default: ``format '<name>' failed``). The loader
+    re-raises it as a :class:`DataError` ``<file>, row <n>, column '<column>': dataset.format=<name>:
+    <message>``. (A ``KeyError`` from ``row[...]`` is reported the same way, as a missing column;
+    any other exception is reported with its type, without a column.)
+    """
+
+    def __init__(self, message: str, *, column: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+        self.reason = reason
 
 
 class RowError(DataError):
@@ -388,7 +415,7 @@ class InvalidRows:
             if key in self._seen:
                 return
             self._seen.add(key)
-        reason = getattr(err, "reason", None) or "invalid row"
+        reason = err.reason if isinstance(err, RowError) else "invalid row"
         self.dropped.setdefault(self.split, []).append(DroppedRow(err.source, err.row, err.column, reason, err.detail))
 
     def count(self, split: str) -> int:

@@ -3,8 +3,8 @@
 A row format is a function ``(raw row, dataset cfg) -> row in a canonical schema`` (see
 :mod:`alignx.data.formats`), named by ``dataset.format``. File-based sources apply it to every
 raw row before ``dataset.columns`` and validation; whatever it raises becomes a
-:class:`~alignx.errors.DataError` naming the file, the row and, via :class:`FormatError`'s
-``column`` (or a KeyError's key), the column. Plugins register their own the same way:
+:class:`~alignx.errors.DataError` naming the file, the row and, via
+:class:`alignx.data.formats.FormatError`'s ``column`` (or a KeyError's key), the column. Plugins register their own the same way:
 ``registry.register("format", name, fn)``.
 
 Besides the preference columns, each format returns ``messages`` (the preferred/whole
@@ -33,18 +33,13 @@ import re
 from numbers import Real
 from typing import Any, Mapping
 
+from alignx.data.formats import FormatError
+
+__all__ = ["FORMATS", "FormatError", "hh_rlhf", "kto", "parse_hh_transcript", "register", "ultrafeedback_binarized"]
+
 #: a turn marker of an hh-rlhf transcript
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-class FormatError(ValueError):
-    """A raw row does not fit a row format; ``column`` names the offending column of the row."""
-
-    def __init__(self, message: str, *, column: str | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.column = column
-        self.reason = reason
 
 
 def parse_hh_transcript(text: Any, column: str) -> list[dict]:

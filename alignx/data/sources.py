@@ -16,8 +16,9 @@ Splits for file-based sources (jsonl, parquet, hub):
 ``columns`` maps canonical column names to the file's names, e.g. ``{prompt: question,
 completion: answer}``; unmapped names map to themselves. ``format`` names a registered row
 format (registry kind "format", e.g. the presets in :mod:`alignx.data.presets`): a function
-``(raw row, dataset cfg) -> row`` applied to every raw row before ``columns`` and validation;
-null means the rows are already canonical.
+``(raw row: dict, dataset cfg) -> row dict`` (:data:`alignx.data.formats.RowFormat`) applied to
+every raw row before ``columns`` and validation; it rejects a row naming a column with
+:class:`alignx.data.formats.FormatError`. Null means the rows are already canonical.
 
 Invalid rows raise, or are dropped and counted under ``data.invalid_rows=drop`` (see
 :func:`alignx.data.formats.collect_invalid_rows`). Loaders return a :class:`SplitRows`: a list
@@ -37,12 +38,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from alignx.data.formats import (
     CANONICAL_COLUMNS,
+    FormatError,
     RowError,
+    RowFormat,
     check_kind,
     reject_row,
     validate_row,
 )
-from alignx.errors import ConfigError, DataError
+from alignx.errors import ConfigError, DataError, PluginError
 from alignx.registry import load_plugins
 
 SPLITS = ("train", "val", "test")
@@ -62,7 +65,8 @@ _HUB_PATTERNS = ["*.jsonl", "*.jsonl.gz", "*.json", "*.parquet", "*.md"]
 Locate = Callable[[str], list[Path] | None]
 #: (source, 1-based row number) of a row, for error messages
 Location = tuple[str, int | None]
-RowFormat = Callable[[Any, str, int], Any]
+#: a row format bound to its dataset config: (raw row, source, row number) -> row
+_AppliedFormat = Callable[[Any, str, int], Any]
 
 
 class SplitRows(list):
@@ -162,11 +166,13 @@ def _columns(cfg: Mapping) -> dict[str, str]:
     return columns
 
 
-def _row_format(cfg: Mapping) -> RowFormat | None:
+def _row_format(cfg: Mapping) -> _AppliedFormat | None:
     """``dataset.format`` as ``(raw row, source, row number) -> row``, or None when not set.
 
-    Anything the format raises becomes a :class:`DataError` naming the file, the row and (when
-    the exception has a ``column`` attribute, or is a KeyError) the column.
+    Anything the format raises becomes a :class:`DataError` naming the file, the row and the
+    column: a :class:`~alignx.data.formats.FormatError`'s ``column``, or a KeyError's key. A
+    format that cannot be called as ``(raw row, dataset cfg)`` is one :class:`PluginError`
+    before any row is read (not one error per row).
     """
     name = cfg.get("format")
     if name is None or str(name) == "":
@@ -178,21 +184,35 @@ def _row_format(cfg: Mapping) -> RowFormat | None:
             f"dataset.format='{name}' is not a registered row format. Valid: {', '.join(registry.names('format'))} "
             "(or null when the rows already use alignx's column names)"
         )
-    fn = registry.get("format", str(name))
+    fn: RowFormat = registry.get("format", str(name))
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no introspectable signature (a builtin): let the first row tell
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind({}, cfg)
+        except TypeError:
+            raise PluginError(
+                f"dataset.format={name}: the registered row format takes {signature}; a row format takes "
+                "(raw row: dict, dataset cfg) and returns the row as a dict"
+            ) from None
 
     def apply(row: Any, source: str, number: int) -> Any:
         if not isinstance(row, Mapping):
             return row  # validation reports it
         try:
             out = fn(row, cfg)
+        except FormatError as e:
+            raise RowError(f"dataset.format={name}: {e}", source=source, row=number, column=e.column,
+                           reason=e.reason or f"format '{name}' failed") from None
+        except KeyError as e:  # row["x"] on a row without x
+            column = str(e.args[0]) if e.args else None
+            raise RowError(f"dataset.format={name}: missing column; the row has columns {sorted(row)}", source=source,
+                           row=number, column=column, reason=f"format '{name}' failed") from None
         except Exception as e:  # noqa: BLE001 -- any failure of a format is a problem with this row
-            column = getattr(e, "column", None)
-            if isinstance(e, KeyError) and column is None and e.args:
-                column, detail = str(e.args[0]), f"missing column; the row has columns {sorted(row)}"
-            else:
-                detail = str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
-            reason = getattr(e, "reason", None) or f"format '{name}' failed"
-            raise RowError(f"dataset.format={name}: {detail}", source=source, row=number, column=column, reason=reason) from None
+            detail = str(e) if isinstance(e, ValueError) and str(e) else f"{type(e).__name__}: {e}"
+            raise RowError(f"dataset.format={name}: {detail}", source=source, row=number, reason=f"format '{name}' failed") from None
         if not isinstance(out, Mapping):
             raise RowError(
                 f"dataset.format={name} returned {type(out).__name__}, not a row dict", source=source, row=number, reason=f"format '{name}' failed"
@@ -203,7 +223,7 @@ def _row_format(cfg: Mapping) -> RowFormat | None:
 
 
 def _validated(
-    raw: Iterable[tuple[str, int, Any]], kind: str, columns: Mapping[str, str], row_format: RowFormat | None
+    raw: Iterable[tuple[str, int, Any]], kind: str, columns: Mapping[str, str], row_format: _AppliedFormat | None
 ) -> list[tuple[Location, dict]]:
     """Format and validate (source, row number, raw row) triples; invalid rows go to :func:`reject_row`."""
     out = []
@@ -217,7 +237,7 @@ def _validated(
     return out
 
 
-def _load_file(path: Path, fmt: str, kind: str, columns: Mapping[str, str], row_format: RowFormat | None = None) -> list[tuple[Location, dict]]:
+def _load_file(path: Path, fmt: str, kind: str, columns: Mapping[str, str], row_format: _AppliedFormat | None = None) -> list[tuple[Location, dict]]:
     """Read, format, column-map and validate one file; rows come with their locations."""
     return _validated(((str(path), n, row) for n, row in _read_file(path, fmt)), kind, columns, row_format)
 
