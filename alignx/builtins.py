@@ -1,46 +1,51 @@
-"""alignx's own registrations, loaded through the ``alignx.plugins`` entry point like any plugin."""
+"""alignx's own registrations, loaded through the ``alignx.plugins`` entry point like any plugin.
+
+Everything that needs torch, Lightning or transformers is registered by its import path
+(``"module:attr"``) and imported when a job uses it; only the stdlib-light tables (tasks, dataset
+sources, row formats) are imported here. This is what lets ``alignx plugins``, ``alignx --help``
+and every config error answer without importing the training stack.
+"""
 
 from __future__ import annotations
 
 from alignx.data.presets import register as register_formats
 from alignx.data.sources import SOURCES
-from alignx.losses.dpo_family import BUILTIN_PREFERENCE_LOSSES
-from alignx.models.adapters import lora, no_adapter
-from alignx.models.loading import build_hf, build_llama
-from alignx.objectives.dpo import DPO
-from alignx.objectives.grpo import GRPO, RLOO
-from alignx.objectives.kto import KTO
-from alignx.objectives.ppo import PPO
-from alignx.objectives.rm import RewardModel
-from alignx.objectives.sft import SFT
 from alignx.registry import Registry
-from alignx.rewards.combine import reward_factory
-from alignx.rewards.model import RewardModelScorer
 from alignx.tasks import BUILTIN_TASKS
+
+#: objective name -> "module:class"
+OBJECTIVES = {
+    "sft": "alignx.objectives.sft:SFT",
+    "dpo": "alignx.objectives.dpo:DPO",
+    "kto": "alignx.objectives.kto:KTO",
+    "rm": "alignx.objectives.rm:RewardModel",
+    "ppo": "alignx.objectives.ppo:PPO",
+    "grpo": "alignx.objectives.grpo:GRPO",
+    "rloo": "alignx.objectives.grpo:RLOO",
+}
+#: the DPO family: objective=dpo objective.loss=<name> looks these up
+PREFERENCE_LOSSES = {
+    name: f"alignx.losses.dpo_family:{name.upper()}"
+    for name in ("sigmoid", "cdpo", "robust", "hinge", "ipo", "simpo", "orpo")
+}
+MODELS = {"llama": "alignx.models.loading:build_llama", "hf": "alignx.models.loading:build_hf"}
+# DoRA is LoRA with use_dora=true in its config
+ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.adapters:lora",
+            "dora": "alignx.models.adapters:lora"}
+#: rewards beyond each task's gold reward: a trained reward model, configured with reward.path
+REWARDS = {"rm": "alignx.rewards.model:rm_reward"}
 
 
 def register(registry: Registry) -> None:
     """Register the built-in objectives, tasks, dataset sources, models, adapters, rewards and preference losses."""
-    registry.register("objective", SFT.name, SFT)
-    registry.register("objective", DPO.name, DPO)
-    registry.register("objective", KTO.name, KTO)
-    # the DPO family: objective=dpo objective.loss=<name> looks these up
-    for loss in BUILTIN_PREFERENCE_LOSSES:
-        registry.register("preference_loss", loss.name, loss)
-    registry.register("objective", RewardModel.name, RewardModel)
-    for online in (PPO, GRPO, RLOO):
-        registry.register("objective", online.name, online)
+    for kind, table in (("objective", OBJECTIVES), ("preference_loss", PREFERENCE_LOSSES), ("model", MODELS),
+                        ("adapter", ADAPTERS), ("reward", REWARDS)):
+        for name, path in table.items():
+            registry.register(kind, name, path)
     for name, task in BUILTIN_TASKS.items():
         registry.register("task", name, task)
         # each task's gold reward is also a reward function under the task's name
         registry.register("reward", name, task().gold_reward)
     for name, loader in SOURCES.items():
         registry.register("dataset", name, loader)
-    # a trained reward model: a factory, configured with its path (reward=rm reward.path=...)
-    registry.register("reward", "rm", reward_factory(RewardModelScorer))
-    registry.register("model", "llama", build_llama)
-    registry.register("model", "hf", build_hf)
-    registry.register("adapter", "none", no_adapter)
-    registry.register("adapter", "lora", lora)
-    registry.register("adapter", "dora", lora)  # DoRA is LoRA with use_dora=true in its config
     register_formats(registry)

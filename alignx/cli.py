@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any, Sequence
 
 SUBCOMMANDS = ("train", "plugins", "compare", "eval")
@@ -93,17 +94,22 @@ def _hydra_train(argv: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
     def task(cfg: DictConfig) -> float | list[float] | None:
-        # Hydra's root handlers already print and file every record; Lightning's own console
-        # handler would print each of its messages twice.
-        import lightning.pytorch  # noqa: F401  (its import installs the handler removed below)
-
+        from alignx.config import validate
         from alignx.errors import JobInterrupted, TrainingDiverged
+
+        if not cfg.get("pipeline") and HydraConfig.get().mode == RunMode.RUN:
+            # the checks that need no library first: a typo answers before torch and Lightning load
+            try:
+                validate(cfg, imports=False)
+            except AlignxError as exc:
+                log.error("%s", exc)
+                _print_error(str(exc))
+                sys.exit(2)
+        from alignx.job.console import quiet_third_party
         from alignx.job import run_job
         from alignx.secrets import install_secret_filter
 
-        pl_logger = logging.getLogger("lightning.pytorch")
-        for handler in list(pl_logger.handlers):
-            pl_logger.removeHandler(handler)
+        quiet_third_party()
         install_secret_filter()
         try:
             job = run_job(cfg, list(HydraConfig.get().overrides.task))
@@ -182,7 +188,6 @@ def _plugins(argv: Sequence[str]) -> int:
     from rich.table import Table
 
     from alignx.errors import AlignxError
-    from alignx.losses import PreferenceLoss
     from alignx.registry import KINDS, conf_dirs, load_plugins
 
     parser = argparse.ArgumentParser(prog="alignx plugins", description="List everything registered with alignx.")
@@ -199,14 +204,19 @@ def _plugins(argv: Sequence[str]) -> int:
     for e in registry.entries():
         if args.kind and e.kind != args.kind:
             continue
-        # a preference loss is a spec around its function: show the function a user would read
-        target = e.obj.fn if isinstance(e.obj, PreferenceLoss) else e.obj
-        obj = getattr(target, "__qualname__", None) or type(target).__qualname__
-        table.add_row(e.kind, e.name, e.provider, f"{getattr(target, '__module__', '')}.{obj}")
+        # the import path, not the object: listing must not import what an entry names
+        table.add_row(e.kind, e.name, e.provider, e.target)
     console = Console(width=160)
     console.print(table)
     for name, dist, directory in conf_dirs():
         console.print(f"config package '{name}' from {dist}: {directory}")
+    if registry.failures:
+        failed = Table(title="plugins that failed to load (skipped)")
+        for col in ("entry point", "distribution", "failed in", "error"):
+            failed.add_column(col)
+        for f in registry.failures:
+            failed.add_row(f.entry_point, f.provider, f.stage, f.error)
+        console.print(failed)
     return 0
 
 
@@ -285,9 +295,23 @@ def _eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' hook)
+    """alignx's own warnings as ``alignx: warning: ...``: the message names the plugin or key, and the
+    source line of alignx's code that happened to emit it would only mislead; others unchanged."""
+    from alignx.registry import PluginLoadWarning
+
+    if issubclass(category, PluginLoadWarning):
+        return f"alignx: warning: {message}\n"
+    return _default_format(message, category, filename, lineno, line)
+
+
+_default_format = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alignx`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _format_warning
     if argv and argv[0] == "plugins":
         return _plugins(argv[1:])
     if argv and argv[0] == "compare":
@@ -296,7 +320,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _eval(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
-    return _hydra_train(argv)
+    return _hydra_train(_verbosity(argv))
+
+
+#: console verbosity flags of ``alignx [train]``, as the Hydra overrides they stand for
+VERBOSITY = {
+    "-q": ["hydra/job_logging=quiet", "trainer.enable_progress_bar=false"],
+    "--quiet": ["hydra/job_logging=quiet", "trainer.enable_progress_bar=false"],
+    "-v": ["hydra.verbose=alignx"],
+    "--verbose": ["hydra.verbose=alignx"],
+}
+
+
+def _verbosity(argv: list[str]) -> list[str]:
+    """``-q``/``--quiet`` (warnings, errors and the results table only) and ``-v``/``--verbose``
+    (alignx's DEBUG lines) are shorthands for Hydra's logging config, so a sweep's jobs inherit them."""
+    out: list[str] = []
+    for arg in argv:
+        out.extend(VERBOSITY.get(arg, [arg]))
+    return out
 
 
 if __name__ == "__main__":

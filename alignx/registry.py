@@ -8,8 +8,12 @@ Contract (stable, user-visible):
 * ``[project.entry-points."alignx.conf"] name = "pkg.conf"`` — a package of config-group YAMLs.
   It is located on disk and appended to Hydra's search path; it is never imported.
 
-alignx's own built-ins use the same two groups. A plugin that raises while loading is named in a
-warning and skipped; a duplicate name is an error naming both providers. Setting
+Registration is lazy where the plugin wants it to be: ``registry.register(kind, name,
+"pkg.module:attr")`` records the import path and imports it the first time the entry is used
+(``get``), so listing plugins, ``--help`` and config errors never import torch or a plugin's heavy
+code. alignx's own built-ins register this way, through the same two groups. A plugin that raises
+while loading is named in a warning, listed by ``alignx plugins`` as failed and skipped; a
+duplicate name is an error naming both providers. Setting
 ``ALIGNX_DISABLE_PLUGIN_AUTOLOAD=1`` loads only alignx's own entry points, plus any listed in
 ``ALIGNX_PLUGINS=name,name``.
 """
@@ -17,7 +21,9 @@ warning and skipped; a duplicate name is an error naming both providers. Setting
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
+import re
 import os
 import sys
 import warnings
@@ -56,12 +62,61 @@ class PluginLoadWarning(UserWarning):
     """A plugin failed to load; the others keep working."""
 
 
+#: ``pkg.module:attr`` (attr may be dotted: ``pkg.module:Class.method``)
+_LAZY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
 @dataclass(frozen=True)
+class PluginFailure:
+    """A plugin entry point that failed to load (``stage``: ``import`` or ``register``)."""
+
+    entry_point: str
+    provider: str
+    stage: str
+    error: str
+
+
 class Entry:
-    kind: str
-    name: str
-    obj: Any
-    provider: str  # distribution (or caller) that registered it
+    """One registration: ``kind``/``name`` -> an object, or the ``pkg.module:attr`` path it is imported from."""
+
+    def __init__(self, kind: str, name: str, obj: Any, provider: str) -> None:
+        self.kind, self.name, self.provider = kind, name, provider
+        self._lazy = isinstance(obj, str)
+        self._obj = None if self._lazy else obj
+        self.target = obj if self._lazy else _describe(obj)
+
+    @property
+    def loaded(self) -> bool:
+        return not self._lazy or self._obj is not None
+
+    @property
+    def obj(self) -> Any:
+        """The registered object, imported on first access for a lazy entry."""
+        if self._obj is None and self._lazy:
+            self._obj = _import_path(self.target, self)
+        return self._obj
+
+
+def _describe(obj: Any) -> str:
+    """``module:qualname`` of what a reader would look up (a preference loss: its function)."""
+    target = getattr(obj, "fn", obj) if type(obj).__name__ == "PreferenceLoss" else obj
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{getattr(target, '__module__', None) or type(target).__module__}:{qualname}"
+
+
+def _import_path(path: str, entry: Entry) -> Any:
+    module_name, _, attrs = path.partition(":")
+    where = f"{entry.kind} '{entry.name}' (registered by '{entry.provider}' as {path})"
+    try:
+        obj = importlib.import_module(module_name)
+        for attr in attrs.split("."):
+            obj = getattr(obj, attr)
+    except AttributeError as exc:
+        raise PluginError(f"{where} cannot be loaded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a plugin's module raises, name the plugin
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise PluginError(f"{where} cannot be loaded: {type(exc).__name__}: {first}") from exc
+    return obj
 
 
 class Registry:
@@ -70,11 +125,19 @@ class Registry:
     def __init__(self) -> None:
         self._tables: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._provider = "<direct>"
+        #: plugins that failed to import or raised in ``register`` (listed by ``alignx plugins``)
+        self.failures: list[PluginFailure] = []
 
     # -- registration --------------------------------------------------------------
     def register(self, kind: str, name: str, obj: T, *, provider: str | None = None) -> T:
-        """Register ``obj`` as ``name`` of ``kind``; raise PluginError on a duplicate name."""
+        """Register ``obj`` as ``name`` of ``kind``; raise PluginError on a duplicate name.
+
+        ``obj`` may be a ``"pkg.module:attr"`` string: the module is imported the first time the
+        entry is used, so a plugin whose objects need torch can still be listed in milliseconds.
+        """
         table = self._table(kind)
+        if isinstance(obj, str) and not _LAZY.fullmatch(obj):
+            raise PluginError(f"{kind} '{name}': a string registration must be an import path 'pkg.module:attr', got {obj!r}")
         provider = provider or self._provider
         if name in table:
             other = table[name].provider
@@ -104,6 +167,11 @@ class Registry:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise PluginError(f"unknown {kind} '{name}'. Valid {_plural(kind)}: {', '.join(valid) or '(none)'}.{hint}")
         return table[name].obj
+
+    def check(self, kind: str, name: str) -> None:
+        """Raise what :meth:`get` raises for an unknown name, without importing a lazy entry."""
+        if name not in self._table(kind):
+            self.get(kind, name)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._table(kind))
@@ -150,6 +218,17 @@ def _selected(group: str) -> list[EntryPoint]:
 _registry: Registry | None = None
 
 
+def _skip(registry: Registry, name: str, provider: str, stage: str, exc: Exception, what: str) -> None:
+    error = f"{type(exc).__name__}: {exc}"
+    registry.failures.append(PluginFailure(name, provider, stage, error))
+    # warn_explicit without a source location: the message names the plugin; a line of alignx's
+    # own code (where load_plugins was called) would only mislead
+    warnings.warn_explicit(
+        f"alignx plugin '{name}' (from distribution '{provider}') {what} and is skipped: {error}",
+        PluginLoadWarning, filename="alignx", lineno=0, module="alignx.registry",
+    )
+
+
 def load_plugins(*, reload: bool = False) -> Registry:
     """Return the process-wide registry, loading every ``alignx.plugins`` entry point once.
 
@@ -167,12 +246,7 @@ def load_plugins(*, reload: bool = False) -> Registry:
         try:
             factory = ep.load()
         except Exception as exc:  # a broken plugin must not take the others down
-            warnings.warn(
-                f"alignx plugin '{ep.name}' (from distribution '{provider}') failed to load and is skipped: "
-                f"{type(exc).__name__}: {exc}",
-                PluginLoadWarning,
-                stacklevel=2,
-            )
+            _skip(registry, ep.name, provider, "import", exc, "failed to load")
             continue
         snapshot = {kind: dict(table) for kind, table in registry._tables.items()}
         registry._provider = provider
@@ -182,12 +256,7 @@ def load_plugins(*, reload: bool = False) -> Registry:
             raise
         except Exception as exc:
             registry._tables = snapshot
-            warnings.warn(
-                f"alignx plugin '{ep.name}' (from distribution '{provider}') raised in register() and is skipped: "
-                f"{type(exc).__name__}: {exc}",
-                PluginLoadWarning,
-                stacklevel=2,
-            )
+            _skip(registry, ep.name, provider, "register", exc, "raised in register()")
         finally:
             registry._provider = "<direct>"
     _registry = registry
@@ -232,11 +301,10 @@ def conf_dirs() -> list[tuple[str, str, Path]]:
             if not locations:
                 raise ModuleNotFoundError(f"'{ep.value}' is not a package directory")
         except Exception as exc:
-            warnings.warn(
+            warnings.warn_explicit(
                 f"alignx config package '{ep.value}' (entry point '{ep.name}' from '{provider}') "
                 f"could not be located and is skipped: {exc}",
-                PluginLoadWarning,
-                stacklevel=2,
+                PluginLoadWarning, filename="alignx", lineno=0, module="alignx.registry",
             )
             continue
         found.append((ep.name, provider, Path(locations[0]).resolve()))

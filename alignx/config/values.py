@@ -33,6 +33,7 @@ from alignx.config.schema import (
 )
 from alignx.config.targets import check_callbacks, check_strategy, check_targets
 from alignx.errors import ConfigError
+from alignx.registry import Registry, load_plugins
 
 _TYPE_NAMES = {int: "an int", float: "a number", bool: "true or false", str: "a string", dict: "a node", type(None): "null"}
 
@@ -80,14 +81,18 @@ def _bounds(meta: dict) -> list[tuple[str, Callable[[Any], bool]]]:
     return [(f"{sym} {meta[k]}", lambda v, b=meta[k], f=f: f(v, b)) for k, (sym, f) in ops.items() if k in meta]
 
 
-def check_value(path: str, value: Any, tp: Any, meta: dict) -> None:
-    """Check one value against its schema type and ``spec`` metadata; raise one line naming ``path``."""
+def check_value(path: str, value: Any, tp: Any, meta: dict, *, imports: bool = True) -> None:
+    """Check one value against its schema type and ``spec`` metadata; raise one line naming ``path``.
+
+    Choices given as a function ask a library (Lightning's accelerators, strategies, precisions);
+    ``imports=False`` skips them."""
     if not _is_type(value, tp):
         raise ConfigError(f"{path}={show_value(value)} is not {_type_name(tp)}")
     if value is None or isinstance(value, dict):
         return  # null where allowed; a node (_target_) is checked by check_targets
     choices = meta.get("choices")
-    choices = choices() if callable(choices) else choices
+    if callable(choices):
+        choices = choices() if imports else None
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -105,7 +110,7 @@ def check_value(path: str, value: Any, tp: Any, meta: dict) -> None:
         raise ConfigError(f"{path}={show_value(value)} {problem}")
 
 
-def check_node(node: DictConfig, schema: type, where: str, *, closed: bool) -> None:
+def check_node(node: DictConfig, schema: type, where: str, *, closed: bool, imports: bool = True) -> None:
     """Check the keys of ``node`` (at dotted ``where``) that ``schema`` declares; a ``closed`` node
     must hold exactly the schema's keys."""
     prefix = f"{where}." if where else ""
@@ -119,7 +124,8 @@ def check_node(node: DictConfig, schema: type, where: str, *, closed: bool) -> N
     hints = get_type_hints(schema)
     for f in fields(schema):
         if f.name in keys:
-            check_value(f"{prefix}{f.name}", _read(node, f.name, f"{prefix}{f.name}"), hints[f.name], dict(f.metadata))
+            check_value(f"{prefix}{f.name}", _read(node, f.name, f"{prefix}{f.name}"), hints[f.name], dict(f.metadata),
+                        imports=imports)
 
 
 def _missing(node: DictConfig | ListConfig, path: str = "") -> Iterator[str]:
@@ -192,7 +198,7 @@ def _trainer_keys() -> set[str]:
     return set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"} | TRAINER_EXTRA_KEYS
 
 
-def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
+def validate(cfg: DictConfig, extra_top_level: Iterable[str] = (), *, imports: bool = True) -> None:
     """Fail fast, before any work, on a mistyped key or a bad value: one line naming the key and what
     is valid. The job calls this first, before it creates a directory, a cache entry or an MLflow run.
 
@@ -200,23 +206,40 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = ()) -> None:
     ``data``, ``save``, ``eval``, ``checkpoint``, ``trainer``, ``optim``, ``scheduler``, top-level
     values, alignx's adapter and model options, the training length, then every ``_target_`` node
     (its class or function imports, and its keys are arguments it takes).
+
+    ``imports=False`` skips the checks that import a library (the trainer's keys are Lightning's
+    ``Trainer`` arguments; ``_target_`` nodes name torch and transformers objects): the command
+    line runs that cheap half before importing the training stack, so most mistakes answer at once.
     """
     check_required(cfg)
     check_known_keys([str(k) for k in cfg.keys()], TOP_LEVEL | set(extra_top_level), "")
     for section, (schema, closed) in SECTIONS.items():
         if isinstance(cfg.get(section), DictConfig):
-            check_node(cfg[section], schema, section, closed=closed)
-    check_node(cfg, RootSchema, "", closed=False)
-    check_known_keys([str(k) for k in cfg.trainer.keys()], _trainer_keys(), "trainer.")
+            check_node(cfg[section], schema, section, closed=closed, imports=imports)
+    check_node(cfg, RootSchema, "", closed=False, imports=imports)
+    if imports:
+        check_known_keys([str(k) for k in cfg.trainer.keys()], _trainer_keys(), "trainer.")
     _check_training_length(cfg.trainer)
     adapter = cfg.get("adapter")
     if isinstance(adapter, DictConfig) and str(adapter.get("name")) in ADAPTER_SCHEMAS:
-        check_node(adapter, ADAPTER_SCHEMAS[str(adapter.name)], "adapter", closed=True)
+        check_node(adapter, ADAPTER_SCHEMAS[str(adapter.name)], "adapter", closed=True, imports=imports)
     model = cfg.get("model")
     if isinstance(model, DictConfig) and str(model.get("kind")) in MODEL_SCHEMAS:
-        check_node(model, MODEL_SCHEMAS[str(model.kind)], "model", closed=False)
+        check_node(model, MODEL_SCHEMAS[str(model.kind)], "model", closed=False, imports=imports)
         if model.kind == "llama":
             _check_llama_heads(model)
     check_callbacks(cfg.get("callbacks"))
-    check_strategy(cfg.trainer.get("strategy"))
-    check_targets(cfg)
+    if imports:
+        check_strategy(cfg.trainer.get("strategy"))
+        check_targets(cfg)
+    check_registry_names(cfg, load_plugins())
+
+
+def check_registry_names(cfg: DictConfig, registry: Registry) -> None:
+    """The objective, model, adapter and dataset source a config names are registered (nothing imported)."""
+    names = {"objective": ("objective", "name"), "model": ("model", "kind"), "adapter": ("adapter", "name"),
+             "dataset": ("dataset", "source")}
+    for kind, (group, key) in names.items():
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and node.get(key) is not None:
+            registry.check(kind, str(node[key]))

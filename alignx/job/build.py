@@ -11,11 +11,11 @@ from typing import Any, Sequence
 import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import _get_rank
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from alignx.checkpoint import checkpoint_io, model_checkpoint
 from alignx.errors import ConfigError
+from alignx.job.console import ShortRunValidation, StepProgressBar
 from alignx.models.loading import save_pretrained_atomic
 from alignx.objectives.base import Objective
 from alignx.objectives.guards import DivergenceGuard
@@ -97,10 +97,9 @@ def build_trainer(
     if every:
         callbacks.append(model_checkpoint(output_dir / "checkpoints", int(every)))
     if targs["enable_progress_bar"]:
-        try:
-            callbacks.append(RichProgressBar(leave=True))
-        except ModuleNotFoundError:
-            callbacks.append(TQDMProgressBar())
+        callbacks.append(StepProgressBar())
+    if targs.get("val_check_interval") is None and not manual_optimization:
+        callbacks.append(ShortRunValidation(int(targs.get("max_steps") or -1), int(targs.get("accumulate_grad_batches") or 1)))
     if isinstance(targs.get("strategy"), dict):
         targs["strategy"] = build_strategy(targs["strategy"], model)
     plugins = list(targs.pop("plugins", None) or [])

@@ -193,12 +193,13 @@ def orpo(x: PreferenceInputs, *, orpo_lambda: float) -> PreferenceOutput:
 
 
 #: alignx's own preference losses, registered by :mod:`alignx.builtins`
-BUILTIN_PREFERENCE_LOSSES: tuple[PreferenceLoss, ...] = (
-    PreferenceLoss("sigmoid", sigmoid),
-    PreferenceLoss("cdpo", cdpo),
-    PreferenceLoss("robust", robust),
-    PreferenceLoss("hinge", hinge),
-    PreferenceLoss("ipo", ipo, length_normalised=True),
-    PreferenceLoss("simpo", simpo, needs_reference=False, length_normalised=True),
-    PreferenceLoss("orpo", orpo, needs_reference=False, length_normalised=True, needs_nll=True),
-)
+# module-level names, so the registry can name each one as "alignx.losses.dpo_family:<NAME>" and
+# import this module (and torch) only when a DPO-family loss is used
+SIGMOID = PreferenceLoss("sigmoid", sigmoid)
+CDPO = PreferenceLoss("cdpo", cdpo)
+ROBUST = PreferenceLoss("robust", robust)
+HINGE = PreferenceLoss("hinge", hinge)
+IPO = PreferenceLoss("ipo", ipo, length_normalised=True)
+SIMPO = PreferenceLoss("simpo", simpo, needs_reference=False, length_normalised=True)
+ORPO = PreferenceLoss("orpo", orpo, needs_reference=False, length_normalised=True, needs_nll=True)
+BUILTIN_PREFERENCE_LOSSES: tuple[PreferenceLoss, ...] = (SIGMOID, CDPO, ROBUST, HINGE, IPO, SIMPO, ORPO)
