@@ -1,18 +1,37 @@
-"""Collation and length-bucketed batching."""
+"""Collation and length-bucketed batching.
+
+The public collators (building blocks for plugin objectives' ``collate_fn``; see ``docs/data.md``)
+turn a list of encoded items into one batch of tensors, right-padded to the batch's longest
+sequence:
+
+* :func:`collate_sft`: items of :func:`alignx.data.tokenize.encode_sft_row`;
+* :func:`collate_pairs`: items of :func:`alignx.data.tokenize.encode_pair`;
+* :func:`collate_ranked`: items of :func:`alignx.data.tokenize.encode_ranked`.
+
+Padded label positions are :data:`IGNORE_INDEX`. :class:`BucketBatchSampler` batches items of
+similar ``len(item["input_ids"])``.
+"""
 
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import Sampler
 
+from alignx.losses.reward import ranking_pairs
 from alignx.ops.logprobs import IGNORE_INDEX
 
+__all__ = ["IGNORE_INDEX", "BucketBatchSampler", "collate_pairs", "collate_ranked", "collate_sft", "padding_fraction"]
 
-def collate_sft(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids`` (with ``pad_id``) and ``labels`` (with IGNORE_INDEX) to the batch max."""
+
+def collate_sft(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Items with ``input_ids`` and ``labels`` -> ``input_ids``, ``attention_mask``, ``labels`` [B, T].
+
+    Right-padded to the longest item: ``input_ids`` with ``pad_id``, ``labels`` with
+    :data:`IGNORE_INDEX`, ``attention_mask`` 1 on real tokens.
+    """
     width = max(len(it["input_ids"]) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
@@ -23,6 +42,41 @@ def collate_sft(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(it["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_pairs(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pair items -> chosen rows then rejected rows, in one padded batch of 2B: one forward serves both.
+
+    ``input_ids``, ``attention_mask``, ``labels`` [2B, T] (rows ``:B`` chosen, ``B:`` rejected, see
+    :func:`collate_sft`). Precomputed reference log-probs (``item["ref_logps"] = [chosen,
+    rejected]`` on every item) come along as ``ref_logps`` [2B] in the same order.
+    """
+    seqs = [{"input_ids": it["chosen_input_ids"], "labels": it["chosen_labels"]} for it in items]
+    seqs += [{"input_ids": it["rejected_input_ids"], "labels": it["rejected_labels"]} for it in items]
+    batch = collate_sft(seqs, pad_id)
+    if all("ref_logps" in it for it in items):
+        batch["ref_logps"] = torch.tensor([it["ref_logps"][j] for j in (0, 1) for it in items], dtype=torch.float32)
+    return batch
+
+
+def collate_ranked(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Ranked items -> every response of every item in one padded batch (one forward per response).
+
+    ``input_ids``, ``attention_mask`` [N, T] (N = the items' responses, item by item), plus the
+    comparisons of :func:`alignx.losses.reward.ranking_pairs`: ``better``, ``worse`` (indices into
+    the N responses) and ``group`` (the item of each comparison) [P], and ``margin`` [P] (float;
+    0 for items without one) when any item carries a ``margin``.
+    """
+    flat = [{"input_ids": s, "labels": s} for it in items for s in it["seqs"]]
+    batch = collate_sft(flat, pad_id)
+    del batch["labels"]
+    better, worse, group = ranking_pairs([it["ranks"] for it in items])
+    batch["better"] = torch.tensor(better, dtype=torch.long)
+    batch["worse"] = torch.tensor(worse, dtype=torch.long)
+    batch["group"] = torch.tensor(group, dtype=torch.long)
+    if any("margin" in it for it in items):
+        batch["margin"] = torch.tensor([float(items[g].get("margin", 0.0)) for g in group], dtype=torch.float32)
+    return batch
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from alignx.data.batching import BucketBatchSampler
+from alignx.errors import DataError
+
+
+def item_lengths(items: Sequence[Mapping[str, Any]], owner: str = "the encoder") -> list[int]:
+    """``len(item["input_ids"])`` of every item: the lengths length bucketing batches by.
+
+    An item without ``input_ids`` is a :class:`DataError` naming ``owner`` (who encoded the
+    items, e.g. ``objective 'rrhf'``), the missing key and the two remedies.
+    """
+    for i, item in enumerate(items):
+        if "input_ids" not in item:
+            raise DataError(
+                f"encoded item {i + 1} has no 'input_ids' (its keys: {sorted(item)}); data.length_bucketing=true "
+                "batches items by len(item['input_ids']). Return 'input_ids' from encode (a token-id list as long "
+                "as the item, e.g. its longest sequence) or set data.length_bucketing=false",
+                source=owner,
+            )
+    return [len(item["input_ids"]) for item in items]
 
 
 class ResumableDataLoader(DataLoader):
@@ -30,7 +48,11 @@ class ResumableDataLoader(DataLoader):
 
 
 class AlignDataModule(L.LightningDataModule):
-    """Serves already-encoded items; tokenisation happens once, before training starts."""
+    """Serves already-encoded items; tokenisation happens once, before training starts.
+
+    With ``bucketing`` every item must carry ``input_ids`` (see :func:`item_lengths`); ``owner``
+    names who encoded the items in that error.
+    """
 
     def __init__(
         self,
@@ -43,6 +65,7 @@ class AlignDataModule(L.LightningDataModule):
         bucketing: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        owner: str = "the encoder",
     ) -> None:
         super().__init__()
         self.train_items = list(train_items)
@@ -53,12 +76,19 @@ class AlignDataModule(L.LightningDataModule):
         self.bucketing = bucketing
         self.seed = seed
         self.num_workers = num_workers
+        #: who encoded the items, named in errors about them (e.g. ``objective 'dpo'``)
+        self.owner = owner
+        if bucketing:  # fail before fitting, not at the first batch
+            item_lengths(self.train_items, owner)
+            item_lengths(self.val_items, owner)
 
     def _loader(self, items: Sequence[dict], batch_size: int, shuffle: bool) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # without bucketing the sampler never compares lengths: items need no input_ids then
+        lengths = item_lengths(items, self.owner) if self.bucketing else [0] * len(items)
         sampler = BucketBatchSampler(
-            [len(it["input_ids"]) for it in items],
+            lengths,
             batch_size,
             shuffle=shuffle,
             bucketing=self.bucketing,

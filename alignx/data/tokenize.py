@@ -1,4 +1,19 @@
-"""Rows -> token ids: chat-template formatting, completion masks and the truncation policy."""
+"""Rows -> token ids: chat-template formatting, completion masks and the truncation policy.
+
+The public encoders (building blocks for plugin objectives' ``encode``; see ``docs/data.md``),
+each ``(row, tokenizer, ...) -> (item or None, status)`` with ``status`` one of :data:`STATUSES`:
+
+* :func:`encode_sft_row`: an sft row -> ``input_ids``, ``labels`` (collate with
+  :func:`alignx.data.batching.collate_sft`);
+* :func:`encode_pair`: a pairs row -> ``chosen_input_ids``/``chosen_labels``/
+  ``rejected_input_ids``/``rejected_labels`` (:func:`alignx.data.batching.collate_pairs`);
+* :func:`encode_ranked`: a pairs or ranked row -> ``seqs``, ``ranks``, ``input_ids``
+  (:func:`alignx.data.batching.collate_ranked`);
+* :func:`encode_prompt_completions`: one prompt with several completions, the piece the others
+  are built from.
+
+Labels mask the prompt with :data:`IGNORE_INDEX` (-100), which the losses skip.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +25,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from alignx.data.sources import SplitRows
 from alignx.errors import DataError
 from alignx.ops.logprobs import IGNORE_INDEX
+
+__all__ = [
+    "IDENTICAL", "IGNORE_INDEX", "STATUSES", "EncodeStats", "RowTooLongError", "collapsed", "compared_sequences",
+    "encode_pair", "encode_prompt", "encode_prompt_completions", "encode_ranked", "encode_rows", "encode_sft_row",
+    "fit_to_length", "prompt_and_completion", "prompt_is_templated", "prompt_text",
+]
 
 log = logging.getLogger("alignx")
 
@@ -128,7 +149,9 @@ def prompt_text(row: Mapping[str, Any], tokenizer: Any, chat_template: bool) -> 
 
 
 def encode_prompt(text: str, tokenizer: Any, templated: bool) -> list[int]:
-    # A chat template usually writes BOS itself; adding special tokens again would double it.
+    """The token ids of a prompt's text; ``templated`` (from :func:`prompt_is_templated`): the
+    text came from the chat template, which usually writes BOS itself, so no special tokens are
+    added (they would double it)."""
     return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
 
 
@@ -179,6 +202,77 @@ def encode_sft_row(
     p_ids, c_ids, status = fitted
     labels = ([IGNORE_INDEX] * len(p_ids) if completion_only else list(p_ids)) + c_ids
     return {"input_ids": p_ids + c_ids, "labels": labels}, status
+
+
+def encode_prompt_completions(
+    row: Mapping[str, Any], completions: Sequence[str], tokenizer: Any, data_cfg: Mapping[str, Any]
+) -> tuple[list[tuple[list[int], list[int]]] | None, str]:
+    """Tokenise one prompt with several completions (each closed by EOS) under the truncation policy.
+
+    The prompt is ``row``'s (see :func:`prompt_text`; ``data_cfg["chat_template"]``), fitted
+    with each completion to ``data_cfg["max_length"]`` under ``data_cfg["truncation"]`` (see
+    :func:`fit_to_length`). Returns ``([(prompt_ids, completion_ids), ...], status)``, status
+    "truncated" if any completion was, or ``(None, "dropped")`` when any completion cannot fit
+    (a row is kept or dropped whole).
+    """
+    chat = bool(data_cfg["chat_template"])
+    p_ids = encode_prompt(prompt_text(row, tokenizer, chat), tokenizer, templated=prompt_is_templated(row, chat))
+    keep = 1 if p_ids and p_ids[0] == tokenizer.bos_token_id else 0
+    out, status = [], "kept"
+    for text in completions:
+        c_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        fitted = fit_to_length(p_ids, c_ids, int(data_cfg["max_length"]), str(data_cfg["truncation"]), keep)
+        if fitted is None:
+            return None, "dropped"
+        sp, sc, st = fitted
+        status = "truncated" if st == "truncated" else status
+        out.append((sp, sc))
+    return out, status
+
+
+def encode_pair(
+    row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]
+) -> tuple[dict[str, list[int]] | None, str]:
+    """Tokenise a prompt/chosen/rejected row into two completion-masked sequences.
+
+    The item: ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
+    ``rejected_labels`` (prompt positions of the labels are :data:`IGNORE_INDEX`). It has no
+    ``input_ids``: an objective that batches pairs by length adds one (DPO uses the chosen side).
+    """
+    seqs, status = encode_prompt_completions(row, [row["chosen"], row["rejected"]], tokenizer, data_cfg)
+    if seqs is None:
+        return None, status
+    out = {}
+    for side, (sp, sc) in zip(("chosen", "rejected"), seqs):
+        out[f"{side}_input_ids"] = sp + sc
+        out[f"{side}_labels"] = [IGNORE_INDEX] * len(sp) + sc
+    return out, status
+
+
+def encode_ranked(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    """A pairs row (chosen ranked above rejected) or a K-wise ranked row -> K sequences and their ranks.
+
+    The item: ``seqs`` (K token-id lists, each prompt + completion + EOS, so a scalar head reads
+    the sequence at its EOS token), ``ranks`` (K floats, lower = better; a pair is ``[0.0, 1.0]``),
+    ``input_ids`` (the longest sequence, for length bucketing) and ``margin`` (float) when the row
+    has one. Truncation never cuts the EOS: it replaces the last completion token.
+    """
+    if "completions" in row:
+        completions, ranks = list(row["completions"]), [float(r) for r in row["ranks"]]
+    else:
+        completions, ranks = [row["chosen"], row["rejected"]], [0.0, 1.0]
+    seqs, status = encode_prompt_completions(row, completions, tokenizer, data_cfg)
+    if seqs is None:
+        return None, status
+    ids = []
+    for p, c in seqs:
+        if c[-1] != tokenizer.eos_token_id:  # truncate_completion cut the EOS the reward is read at
+            c = c[:-1] + [tokenizer.eos_token_id]
+        ids.append(p + c)
+    item: dict[str, Any] = {"seqs": ids, "ranks": ranks, "input_ids": max(ids, key=len)}
+    if row.get("margin") is not None:
+        item["margin"] = float(row["margin"])
+    return item, status
 
 
 def compared_sequences(item: Mapping[str, Any]) -> list[list[int]]:

@@ -55,6 +55,15 @@ class Objective(L.LightningModule):
     #: with an adapter, the saved artifact must be one plain model (also ``<output_dir>/merged``),
     #: e.g. a reward model that PPO loads as its reward and value model
     merge_adapter_on_save: ClassVar[bool] = False
+    #: the ``objective.*`` keys :meth:`encode` reads: exactly these reach it (as ``objective_cfg``)
+    #: and their values are part of the tokenised-data cache key; each must be set in the
+    #: objective's YAML (docs/data.md)
+    encode_keys: ClassVar[frozenset[str]] = frozenset()
+    #: bump it when what :meth:`encode` returns changes through code outside the packages the
+    #: tokenised-data cache key covers (those defining the objective and its ``encode``; an
+    #: external helper library, a tokenizer patch): cached items of other versions are then
+    #: not served (docs/data.md)
+    encode_version: ClassVar[str] = "1"
 
     def __init__(
         self,
@@ -116,12 +125,27 @@ class Objective(L.LightningModule):
 
     @classmethod
     def prepare_items(cls, items: list[dict], cfg: Mapping[str, Any], seed: int) -> list[dict]:
-        """A hook over all encoded items of a split, after per-row encoding (default: unchanged)."""
+        """A hook over all encoded items of a split, after per-row encoding (default: unchanged).
+
+        ``cfg`` is the objective's config node. It runs on every job, after the tokenised-data
+        cache (its result is not cached), so it may read any objective key and draw from ``seed``.
+        """
         return items
 
     @classmethod
-    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
-        """Encode one row for this objective; returns (item or None if dropped, status)."""
+    def encode(
+        cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
+    ) -> tuple[dict | None, str]:
+        """Encode one validated row of :meth:`row_kind`; returns (item, status), item None when dropped.
+
+        ``data_cfg`` holds the encoding settings (``max_length``, ``truncation``,
+        ``completion_only_loss``, ``chat_template``: :data:`alignx.data.cache.ENCODING_KEYS`) and
+        ``objective_cfg`` the keys of :attr:`encode_keys`; both are plain dicts and part of the
+        cache key. ``status`` is ``"kept"``, ``"truncated"`` or ``"dropped"``. The item is a dict
+        of JSON values (it is stored as JSON: tuples become lists), with ``input_ids`` (a list
+        whose length is the item's size) for length bucketing. The contract: docs/data.md.
+        Default: an SFT item (:func:`alignx.data.tokenize.encode_sft_row`).
+        """
         return encode_sft_row(
             row,
             tokenizer,
@@ -133,6 +157,11 @@ class Objective(L.LightningModule):
 
     @classmethod
     def collate_fn(cls, tokenizer: Any) -> Callable[[Sequence[dict]], dict]:
+        """A list of encoded items -> one batch of tensors (default: :func:`alignx.data.batching.collate_sft`).
+
+        The default training and validation steps read ``batch["input_ids"].size(0)`` as the
+        batch size, so a batch carries ``input_ids`` (docs/data.md).
+        """
         return partial(collate_sft, pad_id=tokenizer.pad_token_id)
 
     @classmethod
@@ -147,6 +176,7 @@ class Objective(L.LightningModule):
             bucketing=bool(cfg.data.length_bucketing),
             seed=int(cfg.seed),
             num_workers=int(cfg.data.num_workers),
+            owner=f"objective '{cls.name}'",
         )
 
     @classmethod

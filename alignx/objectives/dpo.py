@@ -14,13 +14,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.config import check_known_keys
-from alignx.data.batching import collate_sft
-from alignx.data.tokenize import (
-    encode_prompt,
-    fit_to_length,
-    prompt_is_templated,
-    prompt_text,
-)
+from alignx.data.batching import collate_pairs
+from alignx.data.tokenize import encode_pair
 from alignx.errors import ConfigError, PluginError
 from alignx.losses.dpo_family import PreferenceInputs, PreferenceLoss
 from alignx.losses.preference import (
@@ -29,7 +24,6 @@ from alignx.losses.preference import (
     sequence_logps,
 )
 from alignx.objectives.base import ReferenceObjective
-from alignx.ops.logprobs import IGNORE_INDEX
 from alignx.registry import load_plugins
 
 
@@ -62,57 +56,6 @@ def required(node: Mapping[str, Any], keys: Sequence[str], why: str) -> dict[str
 def loss_options(spec: PreferenceLoss, node: Mapping[str, Any]) -> dict[str, Any]:
     """The config values ``spec`` reads (its :attr:`~PreferenceLoss.options`), strictly."""
     return required(node, spec.options, f"read by objective.loss={spec.name}")
-
-
-def encode_prompt_completions(
-    row: Mapping[str, Any], completions: Sequence[str], tokenizer: Any, data_cfg: Mapping[str, Any]
-) -> tuple[list[tuple[list[int], list[int]]] | None, str]:
-    """Tokenise one prompt with several completions (each closed by EOS) under the truncation policy.
-
-    Returns ``([(prompt_ids, completion_ids), ...], status)`` or ``(None, "dropped")`` when any
-    completion cannot fit (a row is kept or dropped whole).
-    """
-    chat = bool(data_cfg["chat_template"])
-    p_ids = encode_prompt(prompt_text(row, tokenizer, chat), tokenizer, templated=prompt_is_templated(row, chat))
-    keep = 1 if p_ids and p_ids[0] == tokenizer.bos_token_id else 0
-    out, status = [], "kept"
-    for text in completions:
-        c_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-        fitted = fit_to_length(p_ids, c_ids, int(data_cfg["max_length"]), str(data_cfg["truncation"]), keep)
-        if fitted is None:
-            return None, "dropped"
-        sp, sc, st = fitted
-        status = "truncated" if st == "truncated" else status
-        out.append((sp, sc))
-    return out, status
-
-
-def encode_pair(
-    row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]
-) -> tuple[dict[str, list[int]] | None, str]:
-    """Tokenise a prompt/chosen/rejected row into two completion-masked sequences."""
-    seqs, status = encode_prompt_completions(row, [row["chosen"], row["rejected"]], tokenizer, data_cfg)
-    if seqs is None:
-        return None, status
-    out = {}
-    for side, (sp, sc) in zip(("chosen", "rejected"), seqs):
-        out[f"{side}_input_ids"] = sp + sc
-        out[f"{side}_labels"] = [IGNORE_INDEX] * len(sp) + sc
-    return out, status
-
-
-def collate_pairs(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows then rejected rows, in one padded batch of 2B: one forward serves both.
-
-    Precomputed reference log-probs (``item["ref_logps"] = [chosen, rejected]``) come along as
-    ``ref_logps`` [2B] in the same order.
-    """
-    seqs = [{"input_ids": it["chosen_input_ids"], "labels": it["chosen_labels"]} for it in items]
-    seqs += [{"input_ids": it["rejected_input_ids"], "labels": it["rejected_labels"]} for it in items]
-    batch = collate_sft(seqs, pad_id)
-    if all("ref_logps" in it for it in items):
-        batch["ref_logps"] = torch.tensor([it["ref_logps"][j] for j in (0, 1) for it in items], dtype=torch.float32)
-    return batch
 
 
 class DPO(ReferenceObjective):
@@ -159,7 +102,9 @@ class DPO(ReferenceObjective):
             raise PluginError(f"{exc}") from None
 
     @classmethod
-    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    def encode(
+        cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
+    ) -> tuple[dict | None, str]:
         item, status = encode_pair(row, tokenizer, data_cfg)
         if item is not None:
             item["input_ids"] = item["chosen_input_ids"]  # the length batches are bucketed by

@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
+from alignx.data.tokenize import encode_prompt_completions
 from alignx.errors import ConfigError
 from alignx.losses.preference import (
     completion_logits_mean,
@@ -18,7 +19,7 @@ from alignx.losses.preference import (
     sequence_logps,
 )
 from alignx.objectives.base import ReferenceObjective
-from alignx.objectives.dpo import encode_prompt_completions, required
+from alignx.objectives.dpo import required
 from alignx.ops.logprobs import IGNORE_INDEX
 
 log = logging.getLogger("alignx")
@@ -102,7 +103,9 @@ class KTO(ReferenceObjective):
                 raise ConfigError(f"objective.{key} must be >= 0, got {node[key]}")
 
     @classmethod
-    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    def encode(
+        cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
+    ) -> tuple[dict | None, str]:
         return encode_unpaired(row, tokenizer, data_cfg)
 
     @classmethod

@@ -205,7 +205,9 @@ class OnlineObjective(ReferenceObjective):
         return _StepDataModule(int(cfg.trainer.max_steps))
 
     @classmethod
-    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    def encode(
+        cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
+    ) -> tuple[dict | None, str]:
         """A prompt row -> its token ids (fit to ``data.max_length``, keeping the end) and text."""
         chat = bool(data_cfg["chat_template"])
         text = prompt_text(row, tokenizer, chat)

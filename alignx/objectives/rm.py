@@ -8,55 +8,17 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from alignx.data.batching import collate_sft
+from alignx.data.batching import collate_ranked
+from alignx.data.tokenize import encode_ranked
 from alignx.errors import ConfigError
-from alignx.losses.reward import grouped_ranking_loss, ranking_pairs
+from alignx.losses.reward import grouped_ranking_loss
 from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head
 from alignx.objectives.base import Objective
-from alignx.objectives.dpo import encode_prompt_completions
 
 log = logging.getLogger("alignx")
 
 ROW_KINDS = ("pairs", "ranked")
-
-
-def encode_ranked(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
-    """A pairs row (chosen ranked above rejected) or a K-wise ranked row -> K sequences and ranks.
-
-    Every sequence is prompt + completion + EOS, so the reward is read at the EOS token.
-    """
-    if "completions" in row:
-        completions, ranks = list(row["completions"]), [float(r) for r in row["ranks"]]
-    else:
-        completions, ranks = [row["chosen"], row["rejected"]], [0.0, 1.0]
-    seqs, status = encode_prompt_completions(row, completions, tokenizer, data_cfg)
-    if seqs is None:
-        return None, status
-    ids = []
-    for p, c in seqs:
-        if c[-1] != tokenizer.eos_token_id:  # truncate_completion cut the EOS the reward is read at
-            c = c[:-1] + [tokenizer.eos_token_id]
-        ids.append(p + c)
-    item = {"seqs": ids, "ranks": ranks, "input_ids": max(ids, key=len)}
-    if row.get("margin") is not None:
-        item["margin"] = float(row["margin"])
-    return item, status
-
-
-def collate_ranked(items: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """All responses of all items in one padded batch (one forward per response), plus the
-    comparison indices: ``better``/``worse``/``group`` [P] and ``margin`` [P] when rows carry one."""
-    flat = [{"input_ids": s, "labels": s} for it in items for s in it["seqs"]]
-    batch = collate_sft(flat, pad_id)
-    del batch["labels"]
-    better, worse, group = ranking_pairs([it["ranks"] for it in items])
-    batch["better"] = torch.tensor(better, dtype=torch.long)
-    batch["worse"] = torch.tensor(worse, dtype=torch.long)
-    batch["group"] = torch.tensor(group, dtype=torch.long)
-    if any("margin" in it for it in items):
-        batch["margin"] = torch.tensor([float(items[g].get("margin", 0.0)) for g in group], dtype=torch.float32)
-    return batch
 
 
 class RewardModel(Objective):
@@ -97,7 +59,9 @@ class RewardModel(Objective):
         return add_reward_head(model, tokenizer)
 
     @classmethod
-    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    def encode(
+        cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
+    ) -> tuple[dict | None, str]:
         return encode_ranked(row, tokenizer, data_cfg)
 
     @classmethod

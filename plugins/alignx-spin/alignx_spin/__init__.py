@@ -101,7 +101,9 @@ class SPIN(DPO):
 
     # -- one iteration ------------------------------------------------------------------------
     @classmethod
-    def encode(cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    def encode(
+        cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
+    ) -> tuple[dict | None, str]:
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
             raise ConfigError(
                 "objective=spin trains on prompt/completion rows (a dataset of SFT demonstrations); "
@@ -109,7 +111,8 @@ class SPIN(DPO):
             )
         # the pair is encoded once the rejected side exists; this checks the target fits and
         # gives the sampler a length to bucket by
-        item, status = DPO.encode({"prompt": row["prompt"], "chosen": row["completion"], "rejected": ""}, tokenizer, data_cfg)
+        pair = {"prompt": row["prompt"], "chosen": row["completion"], "rejected": ""}
+        item, status = DPO.encode(pair, tokenizer, data_cfg, objective_cfg)
         if item is None:
             return None, status
         return {"input_ids": item["chosen_input_ids"], "prompt": row["prompt"], "completion": row["completion"]}, status
@@ -148,8 +151,9 @@ class SPIN(DPO):
             self.model.train(was_training)
         rows, identical = self_play_rows([{"prompt": it["prompt"], "completion": it["completion"]} for it in items], samples)
         pairs, dropped = [], 0
+        options = {k: node[k] for k in DPO.encode_keys}  # the objective keys DPO's encode reads
         for row in rows:
-            item, _ = DPO.encode(row, self.tokenizer, cfg.data)
+            item, _ = DPO.encode(row, self.tokenizer, cfg.data, options)
             if item is None:
                 dropped += 1
             else:
