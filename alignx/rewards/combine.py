@@ -1,49 +1,40 @@
-"""The ``reward`` config group -> one checked reward: a weighted sum of registered reward functions.
+"""The ``reward`` config group -> one checked reward: a weighted sum of registered rewards.
 
 A registry ``reward`` entry is either a reward function ``(prompts, completions) -> scores`` (the
-builtin tasks' gold rewards, plugin functions) or a *factory* (marked with :func:`reward_factory`)
-that takes the component's options and returns one, e.g. ``rm`` with ``path`` builds a
-:class:`~alignx.rewards.model.RewardModelScorer`. Config::
+builtin tasks' gold rewards, plugin functions) or a :class:`~alignx.rewards.factory.RewardFactory`
+(made by :func:`~alignx.rewards.reward_factory`) that takes a component's options and returns one,
+e.g. ``rm`` with ``path`` builds a :class:`~alignx.rewards.model.RewardModelScorer`. Config::
 
     reward:
       name: mix
-      components:                      # summed with their weights
-        - {name: sentiment, weight: 1.0}
-        - {name: rm, weight: 0.5, path: outputs/rm/model}
+      components:                      # component name -> weight and options, summed
+        gold: {name: ${dataset.task}, weight: 1.0}
+        length_penalty: {weight: 0.5, target: 48}
       missing_eos_penalty: -1.0        # score of a completion that never emitted EOS (null = off)
 
 Every score is checked: one finite number per completion, else a :class:`RewardError` naming the
-reward. RL objectives call :meth:`Reward.score`.
+component. RL objectives call :meth:`Reward.score` and log :meth:`Reward.metrics`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from omegaconf import OmegaConf
 
-from alignx.errors import AlignxError, ConfigError
-from alignx.registry import load_plugins
+from alignx.errors import ConfigError
+from alignx.registry import Registry, load_plugins
+from alignx.rewards.factory import (
+    RewardError,
+    RewardFn,
+    check_reward_config,
+    is_reward_factory,
+    reward_factory,
+)
 
-RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-FACTORY_MARK = "__alignx_reward_factory__"
-
-
-class RewardError(AlignxError):
-    """A reward function returned something that is not one finite score per completion."""
-
-
-def reward_factory(obj: Any) -> Any:
-    """Mark a registered reward as a factory: alignx calls it with the component's options
-    (every key but ``name`` and ``weight``) to get the reward function."""
-    setattr(obj, FACTORY_MARK, True)
-    return obj
-
-
-def is_reward_factory(obj: Any) -> bool:
-    return bool(getattr(obj, FACTORY_MARK, False))
+__all__ = ["Reward", "RewardError", "RewardFn", "build_reward", "check_scores", "is_reward_factory", "reward_factory"]
 
 
 def check_scores(name: str, scores: Any, n: int) -> torch.Tensor:
@@ -74,7 +65,7 @@ def check_scores(name: str, scores: Any, n: int) -> torch.Tensor:
 class Reward:
     """A weighted sum of reward functions, checked, with an optional missing-EOS score."""
 
-    #: (name, weight, function)
+    #: (component name, weight, function)
     components: list[tuple[str, float, RewardFn]] = field(default_factory=list)
     #: score given instead of the reward to a completion that never emitted EOS (None: off)
     missing_eos_penalty: float | None = None
@@ -100,40 +91,35 @@ class Reward:
             total = torch.where(eos, total, torch.full_like(total, float(self.missing_eos_penalty)))
         return total, parts
 
+    @staticmethod
+    def metrics(parts: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """``{"reward/<component>": mean unweighted score}`` of the ``parts`` :meth:`score` returned:
+        what each component contributed, before its weight and the missing-EOS score."""
+        return {f"reward/{name}": float(part.float().mean()) for name, part in parts.items()}
+
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """The plain reward-function interface (no EOS information)."""
         return self.score(prompts, completions)[0].tolist()
 
 
-def build_reward(cfg: Mapping[str, Any], registry: Any = None) -> Reward:
-    """Build the :class:`Reward` described by the ``reward`` config node."""
-    from omegaconf import OmegaConf
-
-
+def build_reward(cfg: Mapping[str, Any], registry: Registry | None = None) -> Reward:
+    """Build the :class:`Reward` described by the ``reward`` config node: check it
+    (:func:`~alignx.rewards.factory.check_reward_config`), then call each factory with its options."""
     registry = registry or load_plugins()
-    node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    components = node.get("components") or []
-    if not components:
-        raise ConfigError("reward.components is empty: name at least one reward, e.g. reward.components=[{name: sentiment}]")
     built = []
-    for i, comp in enumerate(components):
-        if not isinstance(comp, Mapping) or not comp.get("name"):
-            raise ConfigError(f"reward.components[{i}] must be a mapping with a 'name' (a registered reward), got {comp!r}")
-        comp = dict(comp)
-        name = str(comp.pop("name"))
-        weight = float(comp.pop("weight", 1.0))
-        if not math.isfinite(weight):
-            raise ConfigError(f"reward.components[{i}].weight must be a finite number, got {weight}")
-        entry = registry.get("reward", name)
+    for comp in check_reward_config(cfg, registry):
+        entry = registry.get("reward", comp.reward)
         if is_reward_factory(entry):
-            fn = entry(**comp)
-        elif comp:
-            raise ConfigError(
-                f"reward '{name}' is a plain reward function and takes no options, but reward.components[{i}] "
-                f"gives {sorted(comp)}"
-            )
+            try:
+                fn = entry(**comp.options)
+            except ValueError as exc:  # the factory refused an option's value
+                message = (str(exc).splitlines() or [type(exc).__name__])[0]
+                first = message.split(maxsplit=1)[0] if message.strip() else ""
+                where = comp.source(first) if first in comp.options else comp.where
+                raise ConfigError(f"{where}: {message} (reward '{comp.reward}')") from None
         else:
             fn = entry
-        built.append((name, weight, fn))
+        built.append((comp.key, comp.weight, fn))
+    node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
     penalty = node.get("missing_eos_penalty")
     return Reward(built, None if penalty is None else float(penalty))

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
-from alignx.errors import ConfigError, ModelLoadError
+from alignx.errors import ModelLoadError
+from alignx.rewards.factory import reward_factory
 
 
 class RewardModelScorer:
@@ -20,12 +21,12 @@ class RewardModelScorer:
     """
 
     def __init__(
-        self, path: str | Path | None, *, device: str | torch.device | None = None, batch_size: int = 32, max_length: int | None = None
+        self, path: str | Path, *, device: str | None = None, batch_size: int = 32, max_length: int | None = None
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if path is None or not str(path):
-            raise ConfigError("reward=rm needs reward.path=<directory of a saved objective=rm model>")
+        if not str(path):
+            raise ValueError("path is empty: give the directory of a saved objective=rm model")
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"reward model directory '{path}' has no config.json (expected a saved objective=rm model)")
@@ -77,3 +78,12 @@ class RewardModelScorer:
             out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             scores.extend((out.squeeze(-1).float() + self.offset).tolist())
         return scores
+
+
+#: the registered reward ``rm``: a trained reward model, its options the scorer's arguments
+rm_reward = reward_factory(RewardModelScorer, help={
+    "path": "the directory of a saved objective=rm model",
+    "device": "where to run it: cpu, cuda, cuda:1 (null: cuda when available)",
+    "batch_size": "completions scored per forward",
+    "max_length": "keep at most this many tokens of prompt + completion, from the end (null: all)",
+})
