@@ -1,5 +1,6 @@
-"""The reward config group: gold rewards, a trained RM, plugin functions, weighted sums, the
-missing-EOS score, and clear errors for rewards that return the wrong thing."""
+"""Scoring: gold rewards, a trained RM, plugin functions, weighted sums, the missing-EOS score,
+per-component metrics, and clear errors for rewards that return the wrong thing. (The config side,
+components and options, is tests/test_reward_config.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from alignx.errors import ConfigError
 from alignx.models.heads import add_reward_head
 from alignx.models.loading import build_llama, save_pretrained_atomic
 from alignx.registry import Registry, load_plugins
-from alignx.rewards.combine import Reward, RewardError, build_reward, reward_factory
+from alignx.rewards import RewardError, reward_factory
+from alignx.rewards.combine import Reward, build_reward
 from alignx.rewards.model import RewardModelScorer
 from alignx.tasks import BUILTIN_TASKS
 from conftest import FAST, require_example_plugin
@@ -25,7 +27,7 @@ COMPLETIONS = [" great and warm.", " dull."]
 def test_default_reward_is_the_dataset_tasks_gold_reward():
     cfg = compose(["dataset=sentiment"])
     reward = build_reward(cfg.reward)
-    assert reward.names == ["sentiment"]
+    assert reward.names == ["gold"] and cfg.reward.components.gold.name == "sentiment"
     expected = BUILTIN_TASKS["sentiment"]().gold_reward(PROMPTS, COMPLETIONS)
     assert reward(PROMPTS, COMPLETIONS) == pytest.approx(expected)
 
@@ -42,11 +44,13 @@ def test_weighted_sum_and_missing_eos_score_hand_computed():
         length=lambda p, c: [float(len(x)) for x in c],  # 3, 1
         const=lambda p, c: [0.5] * len(c),
     )
-    cfg = {"components": [{"name": "length", "weight": 2.0}, {"name": "const", "weight": -1.0}], "missing_eos_penalty": -1.0}
+    cfg = {"components": {"length": {"weight": 2.0}, "half": {"name": "const", "weight": -1.0}}, "missing_eos_penalty": -1.0}
     reward = build_reward(cfg, registry)
     total, parts = reward.score(["a", "b"], ["abc", "d"])
     assert total.tolist() == pytest.approx([2 * 3 - 0.5, 2 * 1 - 0.5])  # 5.5, 1.5
-    assert parts["length"].tolist() == [3.0, 1.0] and parts["const"].tolist() == [0.5, 0.5]
+    # parts are unweighted, keyed by component name (not the registered name)
+    assert parts["length"].tolist() == [3.0, 1.0] and parts["half"].tolist() == [0.5, 0.5]
+    assert reward.metrics(parts) == {"reward/length": 2.0, "reward/half": 0.5}
     # the second completion never emitted EOS: it scores the penalty instead
     total, _ = reward.score(["a", "b"], ["abc", "d"], has_eos=torch.tensor([True, False]))
     assert total.tolist() == pytest.approx([5.5, -1.0])
@@ -63,24 +67,24 @@ def test_weighted_sum_and_missing_eos_score_hand_computed():
     ],
 )
 def test_a_reward_returning_the_wrong_thing_is_named(returned, message):
-    reward = build_reward({"components": [{"name": "bad"}]}, _registry_with(bad=lambda p, c: returned))
+    reward = build_reward({"components": {"bad": {"weight": 1.0}}}, _registry_with(bad=lambda p, c: returned))
     with pytest.raises(RewardError, match=message):
         reward(PROMPTS, COMPLETIONS)
 
 
 def test_unknown_reward_lists_the_registered_ones():
     with pytest.raises(Exception, match="unknown reward 'sentimnet'.*Did you mean 'sentiment'"):
-        build_reward({"components": [{"name": "sentimnet"}]}, load_plugins())
+        build_reward({"components": {"gold": {"name": "sentimnet"}}}, load_plugins())
 
 
 def test_options_to_a_plain_reward_function_are_an_error():
-    with pytest.raises(ConfigError, match="plain reward function and takes no options"):
-        build_reward({"components": [{"name": "sentiment", "path": "x"}]}, load_plugins())
+    with pytest.raises(ConfigError, match=r"^reward.components.gold.path: reward 'sentiment' is a plain reward function and takes no options"):
+        build_reward(compose(["+reward.components.gold.path=x"]).reward, load_plugins())
 
 
 def test_plugin_reward_from_an_installed_package():
     require_example_plugin()
-    reward = build_reward(compose(["reward.components=[{name: brevity, weight: 2.0}]"]).reward)
+    reward = build_reward(compose(["~reward.components.gold", "+reward.components.brevity.weight=2.0"]).reward)
     # brevity = 1 - len/40: " dull." has 6 characters -> 2 * 0.85
     assert reward(["p"], [" dull."]) == pytest.approx([2 * (1 - 6 / 40)])
 
@@ -94,14 +98,19 @@ def test_reward_rm_scores_with_a_saved_reward_model(tmp_path):
     assert reward.names == ["rm"]
     expected = RewardModelScorer(tmp_path / "rm")(PROMPTS, COMPLETIONS)
     assert reward(PROMPTS, COMPLETIONS) == pytest.approx(expected)
-    # a weighted sum of the gold reward and the RM
-    mix = build_reward(compose(["reward=mix", "dataset=sentiment", f"reward.path={tmp_path / 'rm'}"]).reward)
+    # the shipped mix (gold + 0.5 x length penalty) plus the RM, added as one more component
+    mix = build_reward(compose(["reward=mix", "dataset=sentiment", f"+reward.components.rm.path={tmp_path / 'rm'}",
+                                "+reward.components.rm.weight=0.5", "+reward.components.rm.batch_size=1"]).reward)
+    assert mix.names == ["gold", "length_penalty", "rm"]
     gold = BUILTIN_TASKS["sentiment"]().gold_reward(PROMPTS, COMPLETIONS)
+    # both completions are under the length penalty's 64 characters: it adds 0
     assert mix(PROMPTS, COMPLETIONS) == pytest.approx([g + 0.5 * e for g, e in zip(gold, expected)], abs=1e-5)
+    assert mix.components[2][2].batch_size == 1  # the option reached the scorer
 
 
 def test_reward_rm_without_a_path_says_what_to_set():
-    with pytest.raises(ConfigError, match=r"reward=rm needs reward.path="):
+    with pytest.raises(ConfigError, match=r"^reward.path is required: component 'rm' \(reward 'rm'\) needs option 'path' "
+                       r"\(the directory of a saved objective=rm model\); set reward.path=<value>$"):
         build_reward(compose(["reward=rm"]).reward)
 
 
@@ -113,6 +122,6 @@ def test_reward_factory_receives_the_component_options():
         seen["factor"] = factor
         return lambda p, c: [factor] * len(c)
 
-    reward = build_reward({"components": [{"name": "scaled", "factor": 3.0}]}, _registry_with(scaled=scaled))
+    reward = build_reward({"components": {"scaled": {"factor": 3.0}}}, _registry_with(scaled=scaled))
     assert seen == {"factor": 3.0} and reward(["a"], ["b"]) == [3.0]
     assert isinstance(reward, Reward)
