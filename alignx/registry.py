@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import logging
 import re
 import os
 import sys
@@ -56,6 +57,7 @@ KINDS: dict[str, str] = {
 }
 
 T = TypeVar("T")
+log = logging.getLogger("alignx.registry")
 
 
 class PluginLoadWarning(UserWarning):
@@ -94,6 +96,7 @@ class Entry:
         """The registered object, imported on first access for a lazy entry."""
         if self._obj is None and self._lazy:
             self._obj = _import_path(self.target, self)
+            log.debug("imported %s '%s' from %s (%s)", self.kind, self.name, self.target, self.provider)
         return self._obj
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import warnings
@@ -22,6 +23,8 @@ from alignx.objectives.guards import DivergenceGuard
 from alignx.registry import Registry
 from alignx.tracking import Tracker
 from alignx.tracking.logger import TrackerLogger
+
+log = logging.getLogger("alignx")
 
 
 def is_rank_zero() -> bool:
@@ -106,6 +109,7 @@ def build_trainer(
     if not _is_deepspeed(targs.get("strategy")):
         # DeepSpeed writes its own sharded checkpoint directories; everything else goes through alignx's
         plugins.append(checkpoint_io())
+    log.debug("Trainer arguments: %s; callbacks: %s", targs, [type(c).__name__ for c in callbacks])
     return L.Trainer(
         **targs,
         plugins=plugins,

@@ -99,7 +99,7 @@ class StepProgressBar(ProgressBar):
             return
         self._bar.n = int(trainer.global_step)
         metrics = trainer.progress_bar_metrics
-        shown = {k.split("/")[0]: f"{float(metrics[k]):.4g}" for k in self.SHOWN if k in metrics}
+        shown = {k.replace("train/", "").replace("/", "_"): f"{float(metrics[k]):.4g}" for k in self.SHOWN if k in metrics}
         self._bar.set_postfix(shown, refresh=False)
         self._bar.refresh()
 
