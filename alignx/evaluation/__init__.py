@@ -11,12 +11,15 @@ from alignx.evaluation.metrics import (
     pair_accuracy,
     perplexity,
     reference_rows,
+    rollout_logps,
+    sample_rollouts,
     win_rate,
 )
-from alignx.evaluation.suite import eval_reward_models, evaluate, objective_reference
+from alignx.evaluation.suite import StartingModel, eval_reward_models, evaluate
 
 __all__ = [
     "RewardFn",
+    "StartingModel",
     "best_of_n",
     "completion_logps",
     "eval_reward_models",
@@ -24,9 +27,10 @@ __all__ = [
     "evaluate_model",
     "evaluate_policy",
     "kl_to_reference",
-    "objective_reference",
     "pair_accuracy",
     "perplexity",
     "reference_rows",
+    "rollout_logps",
+    "sample_rollouts",
     "win_rate",
 ]

@@ -10,10 +10,10 @@ import torch
 
 from alignx.data.batching import collate_sft
 from alignx.data.tokenize import encode_prompt
-from alignx.generation import generate
+from alignx.generation import Rollout, decode_responses, encode_prompts, generate, left_pad, position_ids, sample
 from alignx.losses.preference import sequence_logps
 from alignx.losses.sft import sft_loss
-from alignx.ops.logprobs import IGNORE_INDEX
+from alignx.ops.logprobs import IGNORE_INDEX, token_logprobs
 from alignx.rewards.model import RewardModelScorer
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -96,27 +96,87 @@ def completion_logps(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def kl_to_reference(
+@torch.no_grad()
+def sample_rollouts(
     model: torch.nn.Module,
-    reference: Callable[[], ContextManager[torch.nn.Module]],
     tokenizer: Any,
     prompts: Sequence[str],
-    completions: Sequence[str],
     *,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
     prompt_is_templated: bool = False,
+    batch_size: int = 64,
+) -> tuple[list[str], list[Rollout]]:
+    """Sampled completions as text and as the token ids they were drawn as (a Rollout per batch).
+
+    The same draws as :func:`alignx.generation.generate` with the same arguments (one seed in a
+    forked RNG, batches of ``batch_size``), so the texts equal its output. The ids keep what the
+    text loses (the EOS, special tokens, byte sequences that are not valid UTF-8), so log-probs
+    of exactly the sampled sequences can be taken (:func:`rollout_logps`).
+    """
+    encoded = encode_prompts(tokenizer, prompts, templated=prompt_is_templated)
+    texts: list[str] = []
+    rollouts: list[Rollout] = []
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        for i in range(0, len(encoded), batch_size):
+            ids, mask = left_pad(encoded[i : i + batch_size], tokenizer.pad_token_id)
+            rollout = sample(
+                model, ids, mask, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=None,
+            )
+            texts.extend(decode_responses(tokenizer, rollout))
+            rollouts.append(rollout)
+    return texts, rollouts
+
+
+@torch.no_grad()
+def rollout_logps(model: torch.nn.Module, rollouts: Sequence[Rollout], *, batch_size: int = 16) -> torch.Tensor:
+    """Summed log-probability under ``model`` of each sampled response (its EOS included) given
+    its prompt, [N] on CPU, in rollout order. Forwards ``batch_size`` rows at a time."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for rollout in rollouts:
+            for idx in torch.arange(rollout.response_ids.size(0)).split(batch_size):
+                r = rollout.select(idx.to(rollout.response_ids.device)).to(device)
+                mask = r.attention_mask
+                # positions over real tokens, as the sampler saw them (prompts are left-padded)
+                logits = model(input_ids=r.input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+                labels = r.response_ids.masked_fill(~r.response_mask.bool(), IGNORE_INDEX)
+                out.append(token_logprobs(logits[:, r.prompt_width - 1 : -1, :], labels).sum(-1).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def kl_to_reference(
+    model: torch.nn.Module, reference: Callable[[], ContextManager[torch.nn.Module]], rollouts: Sequence[Rollout],
 ) -> float:
     """Monte-Carlo KL(π || π_ref) per sequence: mean over samples y ~ π of log π(y|x) - log π_ref(y|x).
 
-    Unbiased when ``completions`` were sampled from ``model`` at temperature 1 without top-k/p
-    truncation (evaluation's defaults); otherwise a KL-like distance on those samples.
-    ``reference`` enters the reference policy (e.g. the same model with adapters disabled), so
-    the policy's log-probs are taken first.
+    ``rollouts`` are the policy's samples as token ids (:func:`sample_rollouts`); log-probs are
+    those of exactly these tokens, EOS included, so the estimate is unbiased (never negative in
+    expectation) when they were sampled at temperature 1 without top-k/p truncation (evaluation's
+    defaults); otherwise it is a KL-like distance on those samples. ``reference`` enters the
+    reference policy (e.g. the same model with adapters disabled), so the policy's log-probs are
+    taken first.
     """
-    kw = dict(prompt_is_templated=prompt_is_templated)
-    policy = completion_logps(model, tokenizer, prompts, completions, **kw)
+    policy = rollout_logps(model, rollouts)
     with reference() as ref:
-        ref_lp = completion_logps(ref, tokenizer, prompts, completions, **kw)
-    return float((policy - ref_lp).mean()) if policy.numel() else float("nan")
+        ref_lp = rollout_logps(ref, rollouts)
+    return _sequence_kl(policy, ref_lp)
+
+
+def _sequence_kl(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> float:
+    """Mean of log π(y|x) - log π_ref(y|x) over samples y ~ π (NaN for none)."""
+    return float((policy_logps - reference_logps).mean()) if policy_logps.numel() else float("nan")
 
 
 def win_rate(policy_scores: Sequence[float], reference_scores: Sequence[float]) -> float:
@@ -159,7 +219,7 @@ def evaluate_policy(
 ) -> tuple[dict[str, float], list[dict]]:
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
-    With ``reference``, also ``eval/kl_to_reference`` on the sampled completions (see
+    With ``reference``, also ``eval/kl_to_reference`` on the sampled completions' token ids (see
     :func:`kl_to_reference`) and ``eval/win_rate``: how often the policy's sample beats the
     reference policy's sample for the same prompt by the gold reward (``eval/win_rate_<rm>`` by
     each reward model); ``cfg.best_of_n`` > 1 adds ``eval/gold_reward_best_of_<n>``; each of ``reward_models`` (name -> reward function, e.g. a
@@ -176,7 +236,7 @@ def evaluate_policy(
         unique = list(dict.fromkeys(prompts))
         by_prompt = dict(zip(unique, generate(model, tokenizer, unique, greedy=True, **gen)))
         greedy = [by_prompt[p] for p in prompts]
-        sampled = generate(model, tokenizer, prompts, **sampling, **gen)
+        sampled, rollouts = sample_rollouts(model, tokenizer, prompts, **sampling, **gen)
         g_scores = list(reward_fn(prompts, greedy)) if reward_fn else [None] * len(prompts)
         s_scores = list(reward_fn(prompts, sampled)) if reward_fn else [None] * len(prompts)
         if reward_fn:
@@ -184,12 +244,14 @@ def evaluate_policy(
             metrics["eval/gold_reward_sampled"] = _mean(s_scores)
         ref_sampled: list[str] | None = None
         if reference is not None:
-            metrics["eval/kl_to_reference"] = kl_to_reference(
-                model, reference, tokenizer, prompts, sampled, prompt_is_templated=prompt_is_templated
-            )
-            # win rate against the reference policy: its own samples for the same prompts, same seed
+            # the policy's log-probs first: the reference may be the same module with adapters disabled
+            policy_lp = rollout_logps(model, rollouts)
+            # entered once: the KL's reference log-probs of the policy's samples, then the
+            # reference's own samples for the same prompts with the same seed (the win rate's opponent)
             with reference() as ref:
+                ref_lp = rollout_logps(ref, rollouts)
                 ref_sampled = generate(ref, tokenizer, prompts, **sampling, **gen)
+            metrics["eval/kl_to_reference"] = _sequence_kl(policy_lp, ref_lp)
             if reward_fn:
                 metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(prompts, ref_sampled)))
         for name, fn in (reward_models or {}).items():
