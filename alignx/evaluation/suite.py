@@ -2,14 +2,16 @@
 
 What is measured depends only on the objective's declared contract
 (:attr:`~alignx.objectives.Objective.generates_text`, :attr:`~alignx.objectives.Objective.eval_kind`):
-a policy gets gold reward, perplexity, learned-RM scores, best-of-N and, with a reference,
-KL and win rate; a reward model gets its ranking accuracy on held-out pairs.
+a policy gets gold reward, perplexity, learned-RM scores, best-of-N and KL from and win rate
+against the model it started from (:class:`StartingModel`), whatever its objective; a reward
+model gets its ranking accuracy on held-out pairs.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -17,6 +19,7 @@ from omegaconf import DictConfig
 from alignx.data.rows import encode_split
 from alignx.data.tokenize import prompt_is_templated, prompt_text
 from alignx.evaluation.metrics import evaluate_policy, pair_accuracy, reference_rows
+from alignx.models.adapters import is_peft
 from alignx.objectives.base import Objective, ReferenceObjective
 from alignx.objectives.sft import SFT
 from alignx.paths import abs_if_local
@@ -24,6 +27,8 @@ from alignx.registry import Registry
 from alignx.rewards.model import RewardModelScorer
 
 ReferenceFactory = Callable[[], ContextManager[torch.nn.Module]]
+
+log = logging.getLogger("alignx")
 
 
 def evaluate(
@@ -72,24 +77,98 @@ def _evaluate_scorer(cfg: DictConfig, model: Any, tokenizer: Any, objective_cls:
     return {"eval/rm_accuracy": pair_accuracy(scorer, pairs)} if pairs else {}
 
 
-def objective_reference(cfg: DictConfig, registry: Registry, objective: Objective) -> ReferenceFactory | None:
-    """A factory of context managers yielding the objective's reference policy, or None if it has none.
+class StartingModel:
+    """The model a policy started from: the reference of ``eval/kl_to_reference`` and ``eval/win_rate``.
 
-    Full fine-tuning with precomputed reference log-probs keeps no reference in memory; it is
-    rebuilt here (deterministically, from the same model config) only for the KL measurement.
+    Every objective that trains a policy is compared with its starting model on the same axes,
+    whether or not it used a reference while training. :meth:`factory` finds it, cheapest first
+    and never as a second copy of something the job already holds:
+
+    * the objective's own reference, when it keeps one in memory (the DPO family and KTO under
+      full fine-tuning: their frozen copy; PPO, GRPO, RLOO: the same);
+    * an adapter: the trained policy itself with its adapters disabled;
+    * otherwise (SFT, reference-free losses such as SimPO/ORPO, precomputed reference log-probs):
+      the model rebuilt from the job's config, after training. Builders are deterministic (a model
+      built in code is seeded by ``model.init_seed``; ``model=hf`` reads the same files), so the
+      rebuild is exact; nothing is held during training. To catch a builder that is not (a plugin
+      that initialises without a seed), a probe of the built weights is taken before training
+      and compared with the rebuilt ones: on a mismatch the comparison metrics are left out with
+      a warning rather than measured against a different model.
     """
-    if not isinstance(objective, ReferenceObjective) or not objective.needs_reference():
-        return None
 
+    #: elements of each parameter (flattened) summed by the probe: cheap, yet another random
+    #: initialisation shows in every tensor that is initialised at random
+    PROBE_ELEMENTS: ClassVar[int] = 256
+
+    def __init__(self, cfg: DictConfig, registry: Registry, objective_cls: type[Objective], model: torch.nn.Module) -> None:
+        """Record what the job built, before any training step (``model`` as :func:`build_policy` returned it)."""
+        self.cfg = cfg
+        self.registry = registry
+        self.objective_cls = objective_cls
+        # a scorer is not compared with anything, and an adapter's base stays inside the policy
+        self.probe = weights_probe(model) if objective_cls.generates_text and not is_peft(model) else None
+
+    def factory(self, objective: Objective) -> ReferenceFactory | None:
+        """A factory of context managers yielding the starting model (on the policy's device, in
+        eval mode), or None: a scorer, or a rebuilt model that is not the one the job started from."""
+        if not self.objective_cls.generates_text or not self.cfg.eval.enabled:
+            return None
+        if isinstance(objective, ReferenceObjective):
+            with objective.reference() as ref:
+                held = ref is not None
+            if held:
+                return _objective_reference(objective)
+        if is_peft(objective.model):
+            return _adapters_disabled(objective.model)
+        return self._rebuilt(objective)
+
+    def _rebuilt(self, objective: Objective) -> ReferenceFactory | None:
+        cfg = self.cfg
+        model, tokenizer = self.registry.get("model", str(cfg.model.kind))(cfg.model)
+        model = self.objective_cls.prepare_model(model, tokenizer, cfg.objective)
+        if self.probe is None or not torch.equal(weights_probe(model), self.probe):
+            log.warning(
+                "model.kind=%s built again from the same config has other weights than the model this job "
+                "started from (its builder is not deterministic); eval/kl_to_reference and eval/win_rate "
+                "are left out", cfg.model.kind,
+            )
+            return None
+        policy = next(objective.model.parameters())
+        # same device and dtype as the policy (a bf16-true run casts the policy): an untrained
+        # policy then has exactly KL 0 and win rate 0.5
+        model = model.to(device=policy.device, dtype=policy.dtype).eval().requires_grad_(False)
+
+        @contextmanager
+        def reference() -> Iterator[torch.nn.Module]:
+            yield model
+
+        return reference
+
+
+def weights_probe(model: torch.nn.Module) -> torch.Tensor:
+    """A float64 vector: the sum of the first :attr:`StartingModel.PROBE_ELEMENTS` elements of each
+    parameter, in order. Equal for equal weights; another random initialisation changes the entry
+    of every randomly initialised tensor."""
+    n = StartingModel.PROBE_ELEMENTS
+    with torch.no_grad():
+        sums = [p.detach().reshape(-1)[:n].to("cpu", torch.float64).sum() for p in model.parameters()]
+    return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
+
+
+def _objective_reference(objective: ReferenceObjective) -> ReferenceFactory:
     @contextmanager
     def reference() -> Iterator[torch.nn.Module]:
         with objective.reference() as ref:
-            if ref is not None:
-                yield ref
-                return
-        rebuilt, tok = registry.get("model", str(cfg.model.kind))(cfg.model)
-        rebuilt = type(objective).prepare_model(rebuilt, tok, cfg.objective)
-        yield rebuilt.to(objective.device).eval()
+            yield ref
+
+    return reference
+
+
+def _adapters_disabled(model: Any) -> ReferenceFactory:
+    @contextmanager
+    def reference() -> Iterator[torch.nn.Module]:
+        with model.disable_adapter():
+            yield model
 
     return reference
 

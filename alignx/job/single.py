@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from alignx.config import validate
 from alignx.data.rows import encode_split, load_auxiliary_rows, load_rows
 from alignx.errors import DataError, JobInterrupted
-from alignx.evaluation.suite import evaluate, objective_reference
+from alignx.evaluation.suite import StartingModel, evaluate
 from alignx.job.build import build_objective, build_policy, build_trainer, is_rank_zero
 from alignx.job.outputs import data_metrics, record_config, save_outputs
 from alignx.job.result import Job
@@ -79,6 +79,8 @@ def train(
     rows = load_rows(cfg, plan.registry, plan.objective_cls.row_kind(cfg.objective), plan.objective_cls.test_kind(cfg))
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, base_dir = build_policy(cfg, plan.registry, plan.output_dir, plan.objective_cls)
+    # what evaluation compares the trained policy with, recorded before any step
+    start = StartingModel(cfg, plan.registry, plan.objective_cls, model)
     data = encode_data(plan, rows, tokenizer)
     tracker = open_run(plan, parent_run_id=parent_run_id, run_name=run_name, extra_tags=extra_tags)
     job = Job(output_dir=plan.output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri, rank_zero=is_rank_zero())
@@ -90,7 +92,7 @@ def train(
             job.metrics.update(data.metrics)
             objective, step = fit(plan, data, model, tokenizer, tracker, job)
             if job.rank_zero:
-                finish_outputs(plan, objective, tokenizer, base_dir, data.rows["test"], tracker, job, step)
+                finish_outputs(plan, objective, start, tokenizer, base_dir, data.rows["test"], tracker, job, step)
                 job.metrics["time/total_s"] = time.time() - t0
                 tracker.log_metrics({"time/total_s": job.metrics["time/total_s"]}, step=step)
             status = "FINISHED"
@@ -194,12 +196,15 @@ def fit(plan: Plan, data: Data, model: Any, tokenizer: Any, tracker: Tracker, jo
     return objective, step
 
 
-def finish_outputs(plan: Plan, objective: Objective, tokenizer: Any, base_dir: Path | None, test_rows: list[dict],
-                   tracker: Tracker, job: Job, step: int) -> None:
-    """Evaluate on held-out rows, save the model in HF format and log both (rank 0)."""
+def finish_outputs(plan: Plan, objective: Objective, start: StartingModel, tokenizer: Any, base_dir: Path | None,
+                   test_rows: list[dict], tracker: Tracker, job: Job, step: int) -> None:
+    """Evaluate on held-out rows (against the starting model), save the model in HF format and log both (rank 0)."""
     cfg = plan.cfg
+    t0 = time.time()
     metrics, job.samples = evaluate(cfg, plan.registry, objective.model, tokenizer, plan.objective_cls, test_rows,
-                                    reference=objective_reference(cfg, plan.registry, objective))
+                                    reference=start.factory(objective))
+    if metrics:
+        metrics["time/eval_s"] = time.time() - t0
     job.metrics.update(metrics)
     tracker.log_metrics(metrics, step=step)
     if job.samples:
