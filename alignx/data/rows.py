@@ -136,7 +136,7 @@ def _as_stored(item: Any, owner: str, locate: Callable[[], tuple[str, int | None
     """
     if not isinstance(item, dict):
         source, row = locate()
-        raise DataError(f"{owner}'s encode returned a {type(item).__name__} item; an item is a dict", source=source, row=row)
+        raise DataError(f"the encode of {owner} returned a {type(item).__name__} item; an item is a dict", source=source, row=row)
     try:
         return json.loads(json.dumps(item))
     except (TypeError, ValueError):
@@ -183,7 +183,7 @@ def encode_split(
         if status not in ENCODER_STATUSES or (item is None) != (status == "dropped"):
             source, number = locate()
             raise DataError(
-                f"{owner}'s encode returned ({type(item).__name__}, {status!r}); it returns (item, 'kept' | 'truncated') "
+                f"the encode of {owner} returned ({type(item).__name__}, {status!r}); it returns (item, 'kept' | 'truncated') "
                 "or (None, 'dropped')",
                 source=source, row=number,
             )
