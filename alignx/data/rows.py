@@ -166,8 +166,8 @@ def encode_split(
     Each row goes to ``objective_cls.encode(row, tokenizer, settings, options)``: ``settings``
     the :func:`encoding_settings` of ``data_cfg``, ``options`` the :func:`encode_options` of
     ``objective_cfg`` (the objective's node; needed when the objective declares
-    ``encode_keys``). Each item comes back through JSON (tuples become lists: what the cache would give back) and its status is
-    checked. With ``cache_dir``, identical work (same rows, tokenizer, settings, options and
+    ``encode_keys``). Each item comes back through JSON (tuples become lists, as the cache would
+    give them back) and its status is checked. With ``cache_dir``, identical work (same rows, tokenizer, settings, options and
     encoder code: :func:`alignx.data.cache.encoder_code`) is done once and shared, e.g. by
     every job of a sweep. The item contract: ``docs/data.md``.
     """
