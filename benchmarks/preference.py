@@ -69,7 +69,7 @@ def run_one(model_name: str, setup: str, steps: int, warmup: int, batch_size: in
         base_mem = _rss_mb()
 
     rows = BUILTIN_TASKS["sentiment"]().rows("pairs", "train", n_pairs, seed=0)
-    pair_items = [DPO.encode(r, tok, cfg.data)[0] for r in rows]
+    pair_items = [DPO.encode(r, tok, cfg.data, {})[0] for r in rows]
     if objective_name == "dpo":
         cls, items = DPO, pair_items
         obj_cfg = cfg.objective

@@ -58,7 +58,7 @@ ROWS = [
 def test_pairs_identical_after_truncation_are_dropped_counted_and_warned(objective, caplog):
     tok, data_cfg = _tokenizer_and_room(" good")
     with caplog.at_level(logging.WARNING, logger="alignx"):
-        items, stats = encode_rows(ROWS, lambda r: objective.encode(r, tok, data_cfg), split="train")
+        items, stats = encode_rows(ROWS, lambda r: objective.encode(r, tok, data_cfg, {}), split="train")
     assert dict(stats.counts) == {IDENTICAL: 1, "truncated": 1, "kept": 1}
     assert stats.as_metrics("data/train") == {
         "data/train/kept": 1.0, "data/train/truncated": 1.0, "data/train/dropped": 0.0,
@@ -72,7 +72,7 @@ def test_pairs_identical_after_truncation_are_dropped_counted_and_warned(objecti
     caplog.clear()
     tok, data_cfg = _tokenizer_and_room(" good fi")
     with caplog.at_level(logging.WARNING, logger="alignx"):
-        items, stats = encode_rows(ROWS, lambda r: objective.encode(r, tok, data_cfg), split="train")
+        items, stats = encode_rows(ROWS, lambda r: objective.encode(r, tok, data_cfg, {}), split="train")
     assert stats.counts[IDENTICAL] == 0 and len(items) == 3 and not caplog.records
 
 

@@ -139,7 +139,8 @@ def encode_data(plan: Plan, rows: dict[str, list[dict]], tokenizer: Any) -> Data
     data = Data(rows)
     stats, hits = {}, {}
     for split in ("train", "val"):
-        items, stats[split], hits[split] = encode_split(objective_cls, rows[split], tokenizer, cfg.data, cache_dir, split)
+        items, stats[split], hits[split] = encode_split(objective_cls, rows[split], tokenizer, cfg.data, cache_dir, split,
+                                                            objective_cfg=cfg.objective)
         setattr(data, split, objective_cls.prepare_items(items, cfg.objective, int(cfg.seed)))
         st = stats[split].counts
         log.info("data %s: %d rows kept whole, %d truncated, %d dropped (max_length=%d, policy=%s)",
