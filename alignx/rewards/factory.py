@@ -282,7 +282,7 @@ def check_component(comp: Component, entry: Any) -> None:
     ones left unset (or null) and values of the wrong type. Builds nothing."""
     if not is_reward_factory(entry):
         if comp.options:
-            option = sorted(comp.options)[0]
+            option = min(comp.options)
             raise ConfigError(
                 f"{comp.source(option)}: reward '{comp.reward}' is a plain reward function and takes no options "
                 f"(a component takes only name and weight; {comp.where} gives {', '.join(sorted(comp.options))})"
