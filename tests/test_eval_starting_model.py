@@ -54,6 +54,14 @@ def test_an_objective_without_a_reference_is_compared_with_its_starting_model(ob
     assert 0.0 <= logged["eval/win_rate"] <= 1.0
 
 
+def test_a_policy_trained_in_bf16_is_compared_in_its_own_precision(tmp_path):
+    """trainer.precision=bf16-true casts the policy to bf16; the rebuilt start (built in float32)
+    is cast the same way, so an untrained policy still has KL exactly 0 and win rate 0.5."""
+    job = train(compose(fast("trainer.precision=bf16-true", *UNTRAINED, "tracking=none", f"output_dir={tmp_path / 'job'}",
+                             f"outputs_root={tmp_path}")))
+    assert job.metrics["eval/kl_to_reference"] == 0.0 and job.metrics["eval/win_rate"] == 0.5
+
+
 def test_every_policy_objective_reports_the_same_evaluation_axes(tmp_path):
     """A mixed sweep compares its rows on the same axes: SFT, a reference-free loss, DPO with a
     reference, each with or without an adapter, report the same set of eval/ metrics; a reward
@@ -125,7 +133,7 @@ def test_a_rebuilt_model_that_is_not_the_start_leaves_the_comparison_out(tmp_pat
 
 
 def test_a_reward_model_is_not_compared(tmp_path):
-    cfg, registry, start, rm = _objective("objective=rm", tmp_path=tmp_path)
+    _, _, start, rm = _objective("objective=rm", tmp_path=tmp_path)
     assert start.probe is None and start.factory(rm) is None
 
 
