@@ -320,7 +320,7 @@ def test_load_plugins_records_each_entrys_distribution(monkeypatch: pytest.Monke
     for key in EXAMPLE:
         assert providers.get(key) == "alignx-example", f"{key} should come from 'alignx-example'"
     from alignx.objectives.sft import SFT
-    from alignx_example import LabelSmoothedSFT
+    from alignx_example.objective import LabelSmoothedSFT
 
     assert registry.get("objective", "sft") is SFT
     assert registry.get("objective", "sft_ls") is LabelSmoothedSFT

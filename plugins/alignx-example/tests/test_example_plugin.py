@@ -5,7 +5,7 @@ import math
 import torch
 
 from alignx.registry import load_plugins
-from alignx_example import brevity, label_smoothed_nll
+from alignx_example.objective import brevity, label_smoothed_nll
 
 
 def test_label_smoothed_nll_matches_hand_computation():

@@ -13,7 +13,7 @@ from alignx.config import compose
 from alignx.errors import ConfigError
 from alignx.registry import load_plugins
 from alignx.train import run_job, train
-from alignx_spin import SPIN, self_play_rows, spin_stages
+from alignx_spin.spin import SPIN, self_play_rows, spin_stages
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
