@@ -32,8 +32,8 @@ MODELS = {"llama": "alignx.models.loading:build_llama", "hf": "alignx.models.loa
 # DoRA is LoRA with use_dora=true in its config
 ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.adapters:lora",
             "dora": "alignx.models.adapters:lora"}
-#: rewards beyond each task's gold reward: a trained reward model, configured with reward.path
-REWARDS = {"rm": "alignx.rewards.model:rm_reward"}
+#: rewards beyond each task's gold reward: a trained reward model (reward=rm reward.path=...) and a length penalty
+REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty"}
 
 
 def register(registry: Registry) -> None:

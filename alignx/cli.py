@@ -22,6 +22,16 @@ def _print_error(message: str) -> None:
     print(f"alignx: error: {redact_text(message)}", file=sys.stderr)
 
 
+def _log_to_file(exc: BaseException) -> None:
+    """Record an error in the job's log file only: the console gets it once, as ``alignx: error: ...``."""
+    from alignx.secrets import redact_text
+
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, redact_text(str(exc)), None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _preflight(argv: Sequence[str]) -> str | None:
     """Problems Hydra would report as a traceback or a page of text, as alignx's one line (None: all good).
 
@@ -102,7 +112,7 @@ def _hydra_train(argv: Sequence[str]) -> int:
             try:
                 validate(cfg, imports=False)
             except AlignxError as exc:
-                log.error("%s", exc)
+                _log_to_file(exc)
                 _print_error(str(exc))
                 sys.exit(2)
         from alignx.job.console import quiet_third_party
@@ -118,12 +128,12 @@ def _hydra_train(argv: Sequence[str]) -> int:
             return _optimized_value(cfg, job.metrics)
         except JobInterrupted as exc:
             # the run is KILLED; the exit status tells a scheduler the job did not complete
-            log.error("%s", exc)
+            _log_to_file(exc)
             _print_error(f"{exc} (MLflow run marked KILLED)")
             sys.exit(exc.exit_code)
         except AlignxError as exc:
             if HydraConfig.get().mode == RunMode.RUN:
-                log.error("%s", exc)
+                _log_to_file(exc)
                 _print_error(str(exc))
                 # 2: the input was refused before training; 1: training ran and stopped (diverged)
                 sys.exit(1 if isinstance(exc, TrainingDiverged) else 2)

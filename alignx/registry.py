@@ -50,7 +50,7 @@ KINDS: dict[str, str] = {
     "model": "model builder: (cfg, tokenizer_or_None) -> (model, tokenizer)",
     "adapter": "adapter: (model, cfg) -> model",
     "reward": "reward function: (prompts, completions) -> list[float], or a factory marked with "
-    "alignx.rewards.combine.reward_factory that takes config options and returns one",
+    "alignx.rewards.reward_factory that takes config options and returns one",
     "format": "row format: (raw row: dict, dataset cfg) -> dict in a canonical schema (applied before validation)",
     "preference_loss": "DPO-family loss for objective.loss: an alignx.losses.PreferenceLoss (one function plus "
     "needs_reference, length_normalised, needs_nll)",

@@ -209,7 +209,7 @@ def test_ppo_value_model_starts_from_the_reward_model_or_a_zero_head(tmp_path):
 def test_group_objectives_log_their_metrics_and_use_plugin_rewards(tmp_path, objective):
     require_example_plugin()
     job = train(_rl(tmp_path, f"objective={objective}", "objective.group_size=3",
-                    "reward.components=[{name: sentiment, weight: 1.0}, {name: brevity, weight: 0.5}]"))
+                    "+reward.components.brevity.weight=0.5"))
     assert _run(job).info.status == "FINISHED"
     for key in GROUP_METRICS | {"objective/kl", "objective/scores", "loss/policy_avg"}:
         assert len(_history(job, key)) == 3, key

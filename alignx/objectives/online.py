@@ -52,6 +52,8 @@ from alignx.objectives.base import JobContext, ReferenceObjective
 from alignx.objectives.guards import checkpoint_hint
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
 from alignx.ops.rl import entropy_from_logits, kl_estimate, zero_masked
+from alignx.registry import load_plugins
+from alignx.rewards import check_reward_config
 from alignx.rewards.combine import build_reward
 from alignx.tracking.logger import TrackerLogger
 
@@ -189,6 +191,7 @@ class OnlineObjective(ReferenceObjective):
         """Fail before any work on keys this objective does not know, or a run without a step budget."""
         check_known_keys([k for k in cfg.objective.keys()], cls.config_keys, "objective.")
         cls.check_values(cfg.objective)
+        check_reward_config(cfg.reward, load_plugins())
         if int(cfg.trainer.get("max_steps") or -1) <= 0:
             raise ConfigError(
                 f"objective={cfg.objective.name} trains for trainer.max_steps iterations (rollout batches); "
@@ -386,6 +389,7 @@ class OnlineObjective(ReferenceObjective):
             scheduler.step()
         stats = {key: v / max(count, 1) for key, v in sums.items()}
         metrics.update(self.iteration_metrics(exp, stats))
+        metrics.update(self.reward.metrics(exp.score_parts))
         lengths = exp.mask.sum(-1).float()
         metrics.update({
             "completions/mean_length": float(lengths.mean()),

@@ -38,6 +38,7 @@ from alignx.losses.policy_gradient import clipped_policy_loss, clipped_value_los
 from alignx.losses.sft import sft_loss
 from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head, zero_head
+from alignx.rewards import reward_model_paths
 from alignx.models.heads import token_values as head_token_values
 from alignx.objectives.base import JobContext
 from alignx.objectives.online import (
@@ -104,7 +105,7 @@ class PPO(OnlineObjective):
     def build_value_model(self, job: JobContext) -> torch.nn.Module:
         """The value model: the reward model's weights, or a zero-initialised head on a copy of the policy."""
         choice = str(self.opt("value_model"))
-        rm_paths = [c.get("path") for c in (job.cfg.reward.get("components") or []) if c.get("name") == "rm" and c.get("path")]
+        rm_paths = reward_model_paths(job.cfg.reward)
         if choice == "reward" and len(rm_paths) != 1:
             raise ConfigError(
                 f"objective.value_model=reward needs exactly one reward model among reward.components (found {len(rm_paths)}); "
