@@ -175,10 +175,10 @@ def cached_encode(
     if hit:
         stats = EncodeStats()
         stats.counts.update(entry.data["counts"])
-        log.info("tokenised-data cache hit %s: %d %s items from %s%s", key[:12], len(items), label, entry.path,
-                 f" (the key covers {covers})" if covers else "")
+        log.info("tokenised-data cache hit %s: %d %s items from %s", key[:12], len(items), label, entry.path)
     else:
         stats = fresh[0]
-        log.info("tokenised-data cache miss %s: encoded %d %s items into %s%s", key[:12], len(items), label, entry.path,
-                 f" (the key covers {covers})" if covers else "")
+        log.info("tokenised-data cache miss %s: encoded %d %s items into %s", key[:12], len(items), label, entry.path)
+    if covers:  # the whole list on every job would drown the console; `alignx -v` shows it
+        log.debug("tokenised-data cache key %s covers %s", key[:12], covers)
     return items, stats, hit

@@ -282,6 +282,7 @@ def _run_stage(
             return _replay_hit(cfg, stage, key, record, tracker, tags)
         if force:
             log.info("stage '%s': pipeline.force=true, retraining", stage)
+        log.info("stage '%s' (%s): running", stage, spec["kind"])
         return run(cfg, spec, key, tracker, {**tags, "alignx.stage_cache": "miss"}, cache)
 
 
