@@ -105,12 +105,14 @@ def _hydra_train(argv: Sequence[str]) -> int:
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
     def task(cfg: DictConfig) -> float | list[float] | None:
         from alignx.config import validate
+        from alignx.data.sources import check_files
         from alignx.errors import JobInterrupted, TrainingDiverged
 
         if not cfg.get("pipeline") and HydraConfig.get().mode == RunMode.RUN:
             # the checks that need no library first: a typo answers before torch and Lightning load
             try:
                 validate(cfg, imports=False)
+                check_files(cfg.dataset)
             except AlignxError as exc:
                 _log_to_file(exc)
                 _print_error(str(exc))

@@ -297,6 +297,18 @@ def _path_locator(cfg: Mapping) -> Locate:
     return locate
 
 
+def check_files(cfg: Mapping) -> None:
+    """The files a ``jsonl``/``parquet`` dataset config names exist (the same DataError the loader
+    raises, but without reading a row: the command line checks this before loading the training stack)."""
+    if cfg.get("source") not in ("jsonl", "parquet"):
+        return
+    locate = _path_locator(cfg)
+    for split in SPLITS:
+        for path in locate(split) or []:
+            if not path.is_file():
+                raise DataError("file does not exist", source=str(path))
+
+
 # ---------------------------------------------------------------- loaders
 
 
