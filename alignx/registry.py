@@ -266,7 +266,7 @@ def load_plugins(*, reload: bool = False) -> Registry:
     return registry
 
 
-def _find_spec_no_import(name: str) -> Any:
+def find_spec_no_import(name: str) -> Any:
     """Like ``importlib.util.find_spec`` but without importing the parent packages of ``name``.
 
     ``find_spec('pkg.conf')`` imports ``pkg`` to read its ``__path__``, so a plugin whose code
@@ -299,7 +299,7 @@ def conf_dirs() -> list[tuple[str, str, Path]]:
     for ep in _selected(CONF_GROUP):
         provider = _dist_name(ep)
         try:
-            spec = _find_spec_no_import(ep.value)
+            spec = find_spec_no_import(ep.value)
             locations = list(spec.submodule_search_locations or []) if spec else []
             if not locations:
                 raise ModuleNotFoundError(f"'{ep.value}' is not a package directory")

@@ -100,3 +100,15 @@ def test_validate_rejects_bad_values():
         validate(compose(["data.truncation=cut"]))
     with pytest.raises(ConfigError, match="data"):
         validate(compose(["data.batch_size=abc"]))
+
+
+def test_trainer_keys_are_read_from_lightnings_source_exactly():
+    """The command line checks +trainer.* keys without importing Lightning: the names read from
+    Lightning's source with ast are exactly the imported Trainer's arguments."""
+    import inspect
+
+    import lightning
+
+    from alignx.config.values import _trainer_args_from_source
+
+    assert _trainer_args_from_source() == set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}

@@ -3,9 +3,11 @@ a job creates anything."""
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
 from dataclasses import fields
+from pathlib import Path
 from typing import (
     Any,
     Callable,
@@ -33,7 +35,7 @@ from alignx.config.schema import (
 )
 from alignx.config.targets import check_callbacks, check_strategy, check_targets
 from alignx.errors import ConfigError
-from alignx.registry import Registry, load_plugins
+from alignx.registry import Registry, find_spec_no_import, load_plugins
 
 _TYPE_NAMES = {int: "an int", float: "a number", bool: "true or false", str: "a string", dict: "a node", type(None): "null"}
 
@@ -192,10 +194,36 @@ def _check_llama_heads(model: DictConfig) -> None:
         raise ConfigError(f"model.num_attention_heads={heads} must be divisible by model.num_key_value_heads={kv}")
 
 
-def _trainer_keys() -> set[str]:
-    import lightning
+def _trainer_keys(imports: bool = True) -> set[str] | None:
+    """Lightning ``Trainer`` arguments plus alignx's trainer keys (None: unknown without an import).
 
-    return set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"} | TRAINER_EXTRA_KEYS
+    Read from Lightning's source with ``ast`` first, so the command line can check ``+trainer.*``
+    keys without importing Lightning (4 s here); the signature of the imported class otherwise.
+    """
+    names = _trainer_args_from_source()
+    if names is None:
+        if not imports:
+            return None
+        import lightning
+
+        names = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    return names | TRAINER_EXTRA_KEYS
+
+
+def _trainer_args_from_source() -> set[str] | None:
+    spec = find_spec_no_import("lightning.pytorch.trainer.trainer")
+    origin = getattr(spec, "origin", None)
+    try:
+        tree = ast.parse(Path(origin).read_text()) if origin else None
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    return {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]} - {"self"}
+    return None
 
 
 def validate(cfg: DictConfig, extra_top_level: Iterable[str] = (), *, imports: bool = True) -> None:
@@ -217,8 +245,9 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = (), *, imports: b
         if isinstance(cfg.get(section), DictConfig):
             check_node(cfg[section], schema, section, closed=closed, imports=imports)
     check_node(cfg, RootSchema, "", closed=False, imports=imports)
-    if imports:
-        check_known_keys([str(k) for k in cfg.trainer.keys()], _trainer_keys(), "trainer.")
+    trainer_keys = _trainer_keys(imports)
+    if trainer_keys is not None:
+        check_known_keys([str(k) for k in cfg.trainer.keys()], trainer_keys, "trainer.")
     _check_training_length(cfg.trainer)
     adapter = cfg.get("adapter")
     if isinstance(adapter, DictConfig) and str(adapter.get("name")) in ADAPTER_SCHEMAS:
