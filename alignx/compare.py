@@ -5,6 +5,11 @@ job (see :mod:`alignx.tracking.sweep`). :func:`compare` reads the children, buil
 each job swept and what it scored, marks the best job, writes ``compare.csv`` and PNG plots, and
 logs them back to the parent under ``compare/`` so the MLflow UI shows them next to the sweep.
 
+Seeds are an axis of their own: when ``seed`` is among the swept keys, the jobs that differ only
+by seed form one group (a setting), and the table, the plots and the frontier show each group's
+mean with its 95% Student-t interval (:func:`summarize`); the best group is picked
+by its mean. The per-job table is still written, as ``compare_jobs.csv``.
+
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids, never the fluent API:
 its process-global active run is exactly what the rest of alignx avoids (see tracking/run.py).
 """
@@ -30,6 +35,11 @@ DEFAULT_METRICS = ("eval/gold_reward_sampled", "eval/gold_reward_greedy", "eval/
 DEFAULT_CURVE = "train/loss"
 DEFAULT_EXPERIMENT = "alignx"
 ARTIFACT_DIR = "compare"
+#: the swept key whose jobs are repetitions of one setting, averaged into one row
+SEED_KEY = "seed"
+#: suffixes of a grouped row's per-metric columns: 95% half-width, number of jobs with the metric
+CI_SUFFIX = "_ci95"
+N_SUFFIX = "_n"
 
 SWEEP_TAG = "alignx.sweep"
 SWEEP_DIR_TAG = "alignx.sweep_dir"
@@ -48,6 +58,12 @@ class CompareResult:
     ``rows`` are the table (one dict per job, keys = ``columns``); ``best`` indexes the best row
     (None when no job has the ranking metric); ``paths`` are the files written, in order
     (``compare.csv`` first), all also logged to the parent run under ``compare/``.
+
+    When the sweep swept ``seed`` (``grouped_by`` is ``"seed"``), each row is a group of jobs that
+    differ only by seed: ``jobs``, ``seed`` and ``run_ids`` list its members, ``n`` counts them,
+    each metric column holds the group mean, ``<metric>_ci95`` the half-width of its 95% Student-t
+    interval (None for one value) and ``<metric>_n`` how many members logged it; ``params`` then
+    leaves out ``seed``. ``jobs`` holds the per-job rows either way.
     """
 
     parent_run_id: str
@@ -64,6 +80,10 @@ class CompareResult:
     notes: list[str] = field(default_factory=list)
     #: where in the parent run's artifacts ``paths`` were logged (None: not logged)
     artifact_path: str | None = None
+    #: the swept key averaged over (``seed``), or None: one row per job
+    grouped_by: str | None = None
+    #: one row per job (the same as ``rows`` when not grouped)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- public entry point ----------------------------------------------------------------------
@@ -99,6 +119,7 @@ def compare(
         frontier: ``(x, y)`` metrics: also plot every job as a point (x, y), one series per value
             of ``by`` (a swept param, e.g. the method; default: the first non-numeric swept
             param), joined in x order: a reward-vs-KL frontier (``frontier_<y>_vs_<x>.png``).
+            With seeds swept, each point is a group's mean with x and y 95% error bars.
         by: the swept param that names a frontier's series.
 
     Raises:
@@ -131,36 +152,68 @@ def compare(
     if frontier is not None and len(frontier) != 2:
         raise CompareError(f"--frontier takes two metrics (x y), got {list(frontier)}")
     extra = [m for m in (frontier or []) if m not in chosen]
-    rows = [_row(run, params, [*chosen, *extra]) for run in children]
+    job_columns = ["job", "status", *params, *chosen, "best", "run_id"]
+    job_rows = [_row(run, params, [*chosen, *extra]) for run in children]
+    grouped_by = SEED_KEY if SEED_KEY in params else None
+    if grouped_by:
+        swept = params
+        params = [p for p in swept if p != grouped_by]
+        rows = group_rows(job_rows, params, [*chosen, *extra], grouped_by)
+        columns = ["jobs", "status", *params, grouped_by, "n",
+                   *(c for m in chosen for c in (m, m + CI_SUFFIX, m + N_SUFFIX)), "best", "run_ids"]
+        notes.append(
+            f"{len(job_rows)} jobs in {len(rows)} settings that differ only by {grouped_by}: each row is the "
+            f"mean ± 95% CI half-width (Student t, n-1 df) over its seeds; one job per row in compare_jobs.csv"
+        )
+        single = sum(r["n"] == 1 for r in rows)
+        if single:
+            notes.append(f"{single} setting(s) with one job (n=1): a mean without an interval")
+    else:
+        rows = job_rows
+        columns = job_columns
+    unit = "settings" if grouped_by else "jobs"
     best = _best(rows, metric, mode)
     if best is not None:
         ties = sum(r.get(metric) == rows[best][metric] for r in rows)
         if ties > 1:
-            notes.append(f"{ties} jobs tie on {metric}; the first of them is marked best")
+            notes.append(f"{ties} {unit} tie on {metric}; the first of them is marked best")
     for i, row in enumerate(rows):
         row["best"] = "*" if i == best else ""
-    columns = ["job", "status", *params, *chosen, "best", "run_id"]
+    if grouped_by:
+        best_runs = set(rows[best]["run_ids"].split()) if best is not None else set()
+        for row in job_rows:
+            row["best"] = "*" if row["run_id"] in best_runs else ""  # the members of the best setting
 
     out_dir = Path(out) if out else _default_out(parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [_write_csv(out_dir / "compare.csv", columns, rows)]
+    if grouped_by:
+        paths.append(_write_csv(out_dir / "compare_jobs.csv", job_columns, job_rows))
+    error = metric + CI_SUFFIX if grouped_by and metric else None
     if metric:
         for param in params:
-            path = _plot_metric_vs_param(out_dir, rows, param, params, metric, mode, best)
+            path = _plot_metric_vs_param(out_dir, rows, param, params, metric, mode, best, error)
             if path:
                 paths.append(path)
+        if grouped_by and not params:
+            notes.append(f"only {grouped_by} is swept: one setting, no metric-vs-parameter plot")
     else:
-        notes.append("no metric to rank or plot the jobs by")
+        notes.append(f"no metric to rank or plot the {unit} by")
     if frontier:
         x, y = frontier
         if by is not None and by not in params:
+            if grouped_by and by == grouped_by:
+                raise CompareError(
+                    f"--by {by!r}: the jobs of this sweep are averaged over {grouped_by}; "
+                    f"name another swept param: {', '.join(params) or '(none)'}"
+                )
             raise CompareError(f"--by {by!r} is not a swept param of this sweep. Swept: {', '.join(params) or '(none)'}")
         group = by or next((p for p in params if _as_numbers([r.get(p) for r in rows]) is None), None)
-        path = _plot_frontier(out_dir, rows, x, y, group, params)
+        path = _plot_frontier(out_dir, rows, x, y, group, params, grouped=grouped_by is not None)
         if path:
             paths.append(path)
         else:
-            notes.append(f"no job logged both {x} and {y}: no frontier plot")
+            notes.append(f"no {'setting' if grouped_by else 'job'} logged both {x} and {y}: no frontier plot")
     curve_path = _plot_curves(out_dir, client, children, curve)
     if curve_path:
         paths.append(curve_path)
@@ -186,6 +239,8 @@ def compare(
         paths=[p.resolve() for p in paths],
         notes=notes,
         artifact_path=ARTIFACT_DIR if log_artifacts else None,
+        grouped_by=grouped_by,
+        jobs=job_rows,
     )
 
 
@@ -201,6 +256,81 @@ def default_uri() -> str:
 
 
     return default_tracking_uri(resolve_outputs_root(OmegaConf.create()))
+
+
+# -- seed statistics -------------------------------------------------------------------------
+# The mean of a seed group and the half-width of its 95% interval, t_{0.975, n-1} * s / sqrt(n)
+# with s the sample standard deviation (n-1 in the denominator); one value has no interval.
+# The t quantiles are a table for 1..30 degrees of freedom (scipy's t.ppf(0.975, df) to 6
+# decimals; scipy is not a dependency of alignx) and, beyond 30, the Cornish-Fisher expansion of
+# t around the normal quantile (Abramowitz & Stegun 26.7.5), within 2e-6 of the exact value there.
+
+#: the normal distribution's 0.975 quantile: the limit of t_{0.975, df} as df grows
+Z_975 = 1.959963984540054
+
+#: t_{0.975, df} for df = 1..30 (index df - 1)
+T_975 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+    2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+    2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The mean of ``n`` values and the half-width of its 95% interval (None when n < 2)."""
+
+    mean: float
+    half_width: float | None
+    n: int
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """``(mean - half_width, mean + half_width)``, or None without an interval."""
+        if self.half_width is None:
+            return None
+        return self.mean - self.half_width, self.mean + self.half_width
+
+
+def mean(values: Sequence[float]) -> float:
+    """The arithmetic mean of one or more values."""
+    if not values:
+        raise ValueError("the mean of no values is undefined")
+    return math.fsum(values) / len(values)
+
+
+def sample_sd(values: Sequence[float]) -> float:
+    """The sample standard deviation (n - 1 in the denominator) of two or more values."""
+    if len(values) < 2:
+        raise ValueError(f"a sample standard deviation needs at least 2 values, got {len(values)}")
+    m = mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 0.975 quantile with ``df`` degrees of freedom (two-sided 95%)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    return z + g1 / df + g2 / df**2 + g3 / df**3
+
+
+def t_half_width(values: Sequence[float]) -> float | None:
+    """Half-width of the 95% Student-t interval of the mean: ``t_{0.975,n-1} * s / sqrt(n)``; None for n < 2."""
+    n = len(values)
+    if n < 2:
+        return None
+    return t_quantile_975(n - 1) * sample_sd(values) / math.sqrt(n)
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean, 95% half-width (None for one value) and count of one or more values."""
+    return Summary(mean=mean(values), half_width=t_half_width(values), n=len(values))
 
 
 # -- finding the sweep -----------------------------------------------------------------------
@@ -389,6 +519,44 @@ def _row(run, params: list[str], metrics: list[str]) -> dict[str, Any]:
     return row
 
 
+def group_rows(job_rows: list[dict], params: list[str], metrics: list[str], over: str = SEED_KEY) -> list[dict]:
+    """One row per setting: the jobs whose ``params`` agree (they differ only by ``over``), in job order.
+
+    Each metric becomes the mean over the members that logged it, ``<metric>_ci95`` the half-width
+    of its 95% Student-t interval (None with fewer than two values) and ``<metric>_n`` that count.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in job_rows:
+        groups.setdefault(tuple(row.get(p) for p in params), []).append(row)
+    rows = []
+    for members in groups.values():
+        statuses = [m["status"] for m in members]
+        counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+        row: dict[str, Any] = {
+            "jobs": ",".join(_job_number(str(m["job"])) for m in members),
+            "status": statuses[0] if len(counts) == 1 else ", ".join(f"{s} x{c}" for s, c in counts.items()),
+        }
+        for key in params:
+            row[key] = members[0].get(key)
+        row[over] = ",".join(str(m.get(over)) for m in members)
+        row["n"] = len(members)
+        for name in metrics:
+            values = [m[name] for m in members if _is_number(m.get(name))]
+            stats = summarize(values) if values else None
+            row[name] = stats.mean if stats else None
+            row[name + CI_SUFFIX] = stats.half_width if stats else None
+            row[name + N_SUFFIX] = len(values)
+        row["run_ids"] = " ".join(m["run_id"] for m in members)
+        rows.append(row)
+    return rows
+
+
+def _job_number(name: str) -> str:
+    """``3`` from a sweep job's run name ``3: optim.lr=1e-3 seed=1``; the whole name otherwise."""
+    number, sep, _ = name.partition(":")
+    return number if sep and number.isdigit() else name
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not math.isnan(value)
 
@@ -439,10 +607,29 @@ def _as_numbers(values: list[str]) -> list[float] | None:
     return numbers if all(math.isfinite(n) for n in numbers) else None
 
 
+def _errors(members: list, column: str | None) -> list[float] | None:
+    """The error-bar half-widths of ``members`` (rows, or (index, row) pairs) from ``column``; 0 where
+    a row has no interval (n=1); None when there are no error bars at all (``column`` None)."""
+    if column is None:
+        return None
+    rows = [m[1] if isinstance(m, tuple) else m for m in members]
+    return [r[column] if _is_number(r.get(column)) else 0.0 for r in rows]
+
+
 def _plot_metric_vs_param(
-    out_dir: Path, rows: list[dict], param: str, params: list[str], metric: str, mode: str, best: int | None
+    out_dir: Path,
+    rows: list[dict],
+    param: str,
+    params: list[str],
+    metric: str,
+    mode: str,
+    best: int | None,
+    error: str | None = None,
 ) -> Path | None:
-    """Final ``metric`` against ``param``: one series per combination of the other swept params."""
+    """Final ``metric`` against ``param``: one series per combination of the other swept params.
+
+    ``error`` names the column of each point's error-bar half-width (a seed group's 95% CI).
+    """
     points = [(i, r) for i, r in enumerate(rows) if r.get(param) not in ("", None) and _is_number(r.get(metric))]
     if not points:
         return None
@@ -462,12 +649,14 @@ def _plot_metric_vs_param(
         if numbers is not None:
             members = sorted(members, key=lambda m: float(m[1][param]))
             xs = [float(r[param]) for _, r in members]
-            ax.plot(xs, [r[metric] for _, r in members], marker="o", label=label)
+            ax.errorbar(xs, [r[metric] for _, r in members], yerr=_errors(members, error), marker="o",
+                        capsize=3, label=label)
         else:
             # dodge the series a little so equal values on one category do not hide each other
             shift = (n - (len(series) - 1) / 2) * 0.08
             xs = [categories.index(r[param]) + shift for _, r in members]
-            ax.plot(xs, [r[metric] for _, r in members], marker="o", linestyle="none", label=label)
+            ax.errorbar(xs, [r[metric] for _, r in members], yerr=_errors(members, error), marker="o",
+                        linestyle="none", capsize=3, label=label)
         best_xy = best_xy or next(((x, r[metric]) for x, (i, r) in zip(xs, members) if i == best), None)
     if best_xy is not None:
         ax.scatter(*best_xy, s=180, facecolors="none", edgecolors="red", zorder=5, label="best")
@@ -483,7 +672,7 @@ def _plot_metric_vs_param(
         ax.set_xticks(range(len(categories)), categories)
     ax.set_xlabel(param)
     ax.set_ylabel(f"{metric} (final, {mode} is best)")
-    ax.set_title(f"{metric} vs {param}")
+    ax.set_title(f"{metric} vs {param}" + ("\nmean ± 95% CI over seeds" if error else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -493,9 +682,14 @@ def _plot_metric_vs_param(
     return path
 
 
-def _plot_frontier(out_dir: Path, rows: list[dict], x: str, y: str, group: str | None, params: list[str]) -> Path | None:
+def _plot_frontier(
+    out_dir: Path, rows: list[dict], x: str, y: str, group: str | None, params: list[str], grouped: bool = False
+) -> Path | None:
     """Every job as a point (x, y); one series per value of ``group``, each point labelled by the
-    other swept params (e.g. beta), joined in x order: the DPO paper's reward-vs-KL frontier."""
+    other swept params (e.g. beta), joined in x order: the DPO paper's reward-vs-KL frontier.
+
+    ``grouped``: the rows are seed groups; each point is their mean with x and y 95% error bars.
+    """
     points = [r for r in rows if _is_number(r.get(x)) and _is_number(r.get(y))]
     if not points:
         return None
@@ -507,14 +701,21 @@ def _plot_frontier(out_dir: Path, rows: list[dict], x: str, y: str, group: str |
     others = [p for p in params if p != group]
     for label, members in series.items():
         members = sorted(members, key=lambda r: r[x])
-        ax.plot([r[x] for r in members], [r[y] for r in members], marker="o", label=f"{group}={label}" if group else label)
+        ax.errorbar(
+            [r[x] for r in members], [r[y] for r in members],
+            xerr=_errors(members, x + CI_SUFFIX if grouped else None),
+            yerr=_errors(members, y + CI_SUFFIX if grouped else None),
+            marker="o", capsize=3, label=f"{group}={label}" if group else label,
+        )
         for r in members:
             note = " ".join(f"{str(o).rsplit('.', 1)[-1]}={r.get(o)}" for o in others if r.get(o) not in ("", None))
+            if grouped:
+                note = f"{note} n={min(r[x + N_SUFFIX], r[y + N_SUFFIX])}".strip()
             if note:
                 ax.annotate(note, (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(f"{y} vs {x}, every job")
+    ax.set_title(f"{y} vs {x}" + ("\nmean ± 95% CI over seeds" if grouped else ", every job"))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -564,13 +765,30 @@ def _default_out(parent) -> Path:
 # -- console ---------------------------------------------------------------------------------
 
 
+def format_summary(mean: float | None, half_width: float | None, n: int | None, group_n: int | None) -> str:
+    """A seed group's metric cell: ``0.5123 ± 0.0345``; ``(n=2)`` appended when fewer members than
+    the group's ``group_n`` logged it (None: always); ``0.5123 (n=1, no CI)`` for a single value."""
+    if mean is None:
+        return ""
+    if half_width is None:
+        return f"{mean:.4g} (n={n}, no CI)"
+    text = f"{mean:.4g} ± {half_width:.2g}"
+    return text if group_n is not None and n == group_n else f"{text} (n={n})"
+
+
 def print_result(result: CompareResult) -> None:
     """The table (rich) and then the written paths (plain prints: copy-pasteable, never wrapped)."""
     from rich.console import Console
     from rich.table import Table
 
-    shown = [c for c in result.columns if c != "run_id"]
-    table = Table(title=f"alignx compare: sweep {result.parent_run_id}", show_header=True)
+    grouped = result.grouped_by is not None
+    # a grouped row's per-metric half-width and count are shown inside the metric's cell
+    folded = {m + suffix for m in result.metrics for suffix in (CI_SUFFIX, N_SUFFIX)} if grouped else set()
+    shown = [c for c in result.columns if c not in ("run_id", "run_ids") and c not in folded]
+    title = f"alignx compare: sweep {result.parent_run_id}"
+    if grouped:
+        title += f", mean ± 95% CI over {result.grouped_by}"
+    table = Table(title=title, show_header=True)
     for col in shown:
         header = f"{col} ({result.mode})" if col == result.metric else col
         numeric = col in result.metrics
@@ -579,12 +797,23 @@ def print_result(result: CompareResult) -> None:
         cells = []
         for col in shown:
             value = row.get(col)
-            cells.append(f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value)))
+            if grouped and col in result.metrics:
+                cells.append(format_summary(value, row.get(col + CI_SUFFIX), row.get(col + N_SUFFIX), row["n"]))
+            else:
+                cells.append(f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value)))
         table.add_row(*cells, style="bold green" if i == result.best else None)
     Console(width=max(120, sum(len(c) + 8 for c in shown))).print(table)
     for note in result.notes:
         print(f"note: {note}")
-    if result.best is not None:
+    if result.best is not None and grouped:
+        best = result.rows[result.best]
+        setting = " ".join(f"{p}={best[p]}" for p in result.params) or "all jobs"
+        n = best[result.metric + N_SUFFIX]
+        value = format_summary(best[result.metric], best[result.metric + CI_SUFFIX], n, n)
+        if best[result.metric + CI_SUFFIX] is not None:
+            value += f", n={n}"
+        print(f"best:        {setting} ({result.metric} = {value}; jobs {best['jobs']}; runs {best['run_ids']})")
+    elif result.best is not None:
         best = result.rows[result.best]
         print(f"best:        {best['job']} ({result.metric} = {best[result.metric]:.6g}, run {best['run_id']})")
     for path in result.paths:
