@@ -17,6 +17,7 @@ from alignx.losses.policy_gradient import (
     group_advantages,
     grpo_token_loss,
     rloo_advantages,
+    sequence_clipped_loss,
 )
 
 # ---------------------------------------------------------------- clipped policy loss, ε = 0.2
@@ -203,6 +204,74 @@ def test_rloo_rejects_small_groups_and_ragged_batches():
         rloo_advantages(t([1.0, 2.0]), 1)
     with pytest.raises(ValueError, match="groups of 2"):
         rloo_advantages(t([1.0, 2.0, 3.0]), 2)
+
+
+# ---------------------------------------------------------------- RLOO gradient: sequence vs token mean
+#
+# One prompt, group of G = 2 completions of lengths 2 and 3 (row 0's third column is padding),
+# scores s = [1, 3] -> RLOO advantages A = [1 - 3, 3 - 1] = [-2, +2]; B = 2 sequences; ε = 0.2.
+# The padding log-probs are garbage (+inf) that must reach neither loss nor gradient.
+RL_MASK = torch.tensor([[1, 1, 0], [1, 1, 1]])
+RL_SCORES = t([1.0, 3.0])
+INF = float("inf")
+
+
+def _rloo_grad(delta, normalization):
+    """d loss / d logp for log-probs ``old + delta`` (old = -1 on every valid token)."""
+    adv = rloo_advantages(RL_SCORES, 2)
+    approx(adv, [-2.0, 2.0])
+    old = t([[-1.0, -1.0, INF], [-1.0, -1.0, -1.0]])
+    logp = (t([[-1.0, -1.0, INF], [-1.0, -1.0, -1.0]]) + t(delta)).requires_grad_(True)
+    if normalization == "sequence":
+        loss, stats = sequence_clipped_loss(logp, old, adv, RL_MASK, 0.2)
+    else:
+        per_token, _ = clipped_surrogate(torch.where(RL_MASK.bool(), logp, 0.0), torch.where(RL_MASK.bool(), old, 0.0), adv, 0.2)
+        loss, stats = grpo_token_loss(per_token, RL_MASK, normalization), {}
+    loss.backward()
+    return loss, logp.grad, stats
+
+
+def test_rloo_sequence_gradient_is_the_papers_reinforce_on_policy():
+    # on-policy (ρ = 1): loss = mean_i (-A_i) = (2 - 2) / 2 = 0, and d loss / d logp_it = -A_i / B:
+    #   sequence 0 (A = -2): +2 / 2 = +1 on each of its 2 tokens
+    #   sequence 1 (A = +2): -2 / 2 = -1 on each of its 3 tokens
+    loss, grad, stats = _rloo_grad([[0.0] * 3] * 2, "sequence")
+    assert loss.item() == 0.0
+    approx(grad, [[1.0, 1.0, 0.0], [-1.0, -1.0, -1.0]])
+    assert stats["clipfrac"].item() == 0.0
+
+
+def test_rloo_token_mean_gradient_is_one_over_length_of_the_papers():
+    # token-mean variant (loss_normalization=grpo): d loss / d logp_it = -A_i / (B · |y_i|):
+    #   sequence 0: +2 / (2 · 2) = +0.5;  sequence 1: -2 / (2 · 3) = -1/3
+    loss, grad, _ = _rloo_grad([[0.0] * 3] * 2, "grpo")
+    assert loss.item() == 0.0
+    approx(grad, [[0.5, 0.5, 0.0], [-1 / 3, -1 / 3, -1 / 3]])
+
+
+def test_rloo_sequence_and_token_clipping_off_policy():
+    # logp - old = [[-0.05, +0.05], [+0.1, +0.2, 0.0]]
+    delta = [[-0.05, 0.05, 0.0], [0.1, 0.2, 0.0]]
+    # sequence: ρ_0 = exp(-0.05 + 0.05) = 1 (inside), ρ_1 = exp(0.3) = 1.3499 > 1.2 with A = +2: clipped,
+    # loss = (2·1 + (-2·1.2)) / 2 = -0.2; gradient -A_0·ρ_0/B = +1 on sequence 0, 0 on sequence 1
+    loss, grad, stats = _rloo_grad(delta, "sequence")
+    assert loss.item() == pytest.approx(-0.2, rel=1e-12)
+    approx(grad, [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert stats["clipfrac"].item() == 0.5  # one sequence of two
+    # token mean: each token has its own ratio; only exp(0.2) = 1.2214 > 1.2 (A = +2) is clipped
+    #   sequence 0: -A·ρ_t / (B·2) = 0.5·ρ_t -> 0.5·e^-0.05, 0.5·e^0.05
+    #   sequence 1: -A·ρ_t / (B·3) = -ρ_t/3 -> -e^0.1/3, 0 (clipped), -1/3
+    loss, grad, _ = _rloo_grad(delta, "grpo")
+    approx(grad, [[0.5 * math.exp(-0.05), 0.5 * math.exp(0.05), 0.0], [-math.exp(0.1) / 3, 0.0, -1 / 3]])
+    # loss: (2·(e^-0.05 + e^0.05)/2 + (-2)·(e^0.1 + 1.2 + 1)/3) / 2
+    assert loss.item() == pytest.approx(((math.exp(-0.05) + math.exp(0.05)) - 2 * (math.exp(0.1) + 2.2) / 3) / 2, rel=1e-12)
+
+
+def test_sequence_clipped_loss_validation():
+    with pytest.raises(ValueError, match=r"advantages must be \[B\]"):
+        sequence_clipped_loss(t([[0.0, 0.0]]), t([[0.0, 0.0]]), t([[1.0, 1.0]]), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        sequence_clipped_loss(t([[0.0, 0.0]]), t([[0.0]]), t([1.0]), torch.ones(1, 2))
 
 
 # ---------------------------------------------------------------- GRPO loss normalisations (2 x 3)

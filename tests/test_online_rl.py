@@ -29,13 +29,15 @@ from alignx.models.loading import build_llama, save_pretrained_atomic
 from alignx.objectives.online import TrainingDiverged
 from alignx.train import train
 
-PPO_METRICS = {
-    "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward", "objective/scores",
-    "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg",
-    "val/ratio", "val/num_eos_tokens",
+#: diagnostics every online objective logs each iteration (docs/metrics.md)
+DIAGNOSTICS = {"policy/logprob_mismatch", "policy/clipfrac_avg", "objective/entropy"}
+PPO_METRICS = DIAGNOSTICS | {
+    "objective/kl", "objective/non_score_reward", "objective/rlhf_reward", "objective/scores",
+    "policy/approxkl_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg",
+    "val/ratio", "val/num_eos_tokens", "val/explained_variance",
 }
-GROUP_METRICS = {
-    "reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio", "completions/mean_length",
+GROUP_METRICS = DIAGNOSTICS | {
+    "reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
     "completions/clipped_ratio",
 }
 # a few prompts, short completions: each iteration takes well under a second
@@ -161,6 +163,14 @@ def test_ppo_logs_every_reference_metric_each_step_and_rollout_tables(tmp_path):
     assert _history(job, "objective/kl")[0] == pytest.approx(0.0, abs=1e-5)
     # per-token entropy summed over the completion: between 0 and length * log(vocab)
     assert 0 < _history(job, "objective/entropy")[0] < 6 * torch.log(torch.tensor(259.0)).item()
+    # the first minibatch is scored before any update by the weights that produced old_logp: the two
+    # forwards differ only in batch composition, so in fp32 the gap is rounding noise
+    assert all(0 <= m < 1e-4 for m in _history(job, "policy/logprob_mismatch"))
+    assert all(0 <= c <= 1 for c in _history(job, "policy/clipfrac_avg"))
+    # the value head starts at 0 (reward=gold has no RM): it explains no variance of the returns at
+    # first, and never more than all of it
+    ev = _history(job, "val/explained_variance")
+    assert ev[0] == pytest.approx(0.0, abs=1e-6) and all(v <= 1 for v in ev)
     # rlhf_reward = scores + non_score_reward (the KL penalty)
     for s, n, r in zip(*(_history(job, k) for k in ("objective/scores", "objective/non_score_reward", "objective/rlhf_reward"))):
         assert r == pytest.approx(s + n, abs=1e-5)
@@ -217,6 +227,50 @@ def test_group_objectives_log_their_metrics_and_use_plugin_rewards(tmp_path, obj
     # reward is the weighted sum, scored on 4 prompts x 3 completions
     rewards = _history(job, "reward")
     assert all(0 <= r <= 1.5 for r in rewards)
+    # one update per iteration (epochs 1, one minibatch): the ratio is 1 up to rounding, nothing is clipped
+    assert all(0 <= m < 1e-4 for m in _history(job, "policy/logprob_mismatch"))
+    assert _history(job, "policy/clipfrac_avg") == [0.0, 0.0, 0.0]
+    assert all(0 < h < 6 * torch.log(torch.tensor(259.0)).item() for h in _history(job, "objective/entropy"))
+
+
+def test_rloo_defaults_to_the_papers_sequence_loss_and_keeps_the_token_mean_variant(tmp_path):
+    """objective=rloo's loss is the paper's sequence-level REINFORCE: on one rollout, its parameter
+    gradient is |y| times that of the token-mean variant (loss_normalization=grpo), on-policy."""
+    from alignx.objectives.base import JobContext
+    from alignx.objectives.grpo import RLOO
+    from alignx.registry import load_plugins
+
+    assert compose(fast("objective=rloo")).objective.loss_normalization == "sequence"
+    registry = load_plugins()
+
+    def rloo(*overrides):
+        c = _rl(tmp_path, "objective=rloo", "objective.group_size=2", "objective.max_new_tokens=5", *overrides)
+        model, tok = build_llama(c.model)  # seeded by model.init_seed: both objectives get the same weights
+        obj = RLOO(model.eval(), tok, c.objective, optimizer=torch.optim.SGD)  # eval: as training_step
+        ids = encode_prompts(tok, ["Review: The plot was", "Review: The cast felt"])
+        obj.attach(JobContext(c, registry, [{"input_ids": i, "prompt": p} for i, p in zip(ids, PROMPTS)], []))
+        return obj
+
+    seq, tok_mean = rloo(), rloo("objective.loss_normalization=grpo")
+    exp = seq.make_experience(0)
+    seq.compute_advantages(exp)
+    # the gold scorer gives an untrained model's gibberish the same score, so every advantage is 0:
+    # set one by hand (the advantages are tested in test_losses_policy_gradient.py; this is the loss)
+    row = 1
+    exp.data["advantages"] = torch.tensor([0.0, 1.5, 0.0, 0.0])
+    length = int(exp.mask[row].sum())
+    assert length > 1  # the two losses coincide on a one-token completion
+    grads = []
+    for obj in (seq, tok_mean):
+        obj.model.zero_grad()
+        loss, stats = obj.minibatch_loss(exp, torch.tensor([row]))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in obj.model.parameters() if p.grad is not None]))
+        assert float(stats["policy/clipfrac_avg"]) == 0.0
+    assert grads[0].abs().max() > 0
+    # equal up to fp32 rounding (entries reach ~8; the largest difference seen is ~4e-6)
+    assert torch.allclose(grads[0], length * grads[1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-2, atol=1e-3)  # and so not the same gradient
 
 
 def test_lora_ppo_uses_the_disabled_adapter_as_reference_and_trains_a_lora_value_model(tmp_path):
@@ -307,7 +361,10 @@ def test_diverged_weights_stop_training_with_a_message(tmp_path):
     [
         (["objective=ppo", "+objective.gama=0.9"], r"unknown key 'objective.gama'. Did you mean 'objective.gamma'"),
         (["objective=grpo", "objective.group_size=1"], r"group_size must be >= 2 for objective=grpo"),
-        (["objective=grpo", "objective.loss_normalization=dapo"], r"loss_normalization='dapo' is not valid. Valid: grpo, bnpo, dr_grpo"),
+        (["objective=grpo", "objective.loss_normalization=dapo"],
+         r"loss_normalization='dapo' is not valid for objective=grpo. Valid: grpo, bnpo, dr_grpo$"),
+        (["objective=grpo", "objective.loss_normalization=sequence"], r"Valid: grpo, bnpo, dr_grpo$"),
+        (["objective=rloo", "objective.loss_normalization=token"], r"for objective=rloo. Valid: sequence, grpo, bnpo, dr_grpo$"),
         (["objective=ppo", "objective.kl_estimator=k2"], r"Valid: k1, k3"),
         (["objective=ppo", "trainer.max_steps=-1", "trainer.max_epochs=1"], r"set trainer.max_steps to a positive number"),
         (["objective=rloo", "objective.precompute_ref_logps=true"], r"precompute_ref_logps is not possible for objective=rloo"),

@@ -14,9 +14,11 @@ from alignx.ops.rl import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,
+    explained_variance,
     gae,
     kl_estimate,
     last_token_index,
+    logprob_mismatch,
     masked_var,
     masked_whiten,
     per_token_rewards,
@@ -293,3 +295,45 @@ def test_entropy_from_logits_literals_and_stability():
     h16 = entropy_from_logits(torch.zeros(2, 3, 8, dtype=torch.bfloat16))
     assert h16.shape == (2, 3) and h16.dtype == torch.float32
     approx(h16, [[math.log(8)] * 3] * 2, rel=1e-6)
+
+
+# ---------------------------------------------------------------- diagnostics
+
+# valid entries (mask) of returns R = [1, 2, 3, 4]: mean 2.5, Σ(R - 2.5)² = 2.25 + 0.25 + 0.25 + 2.25 = 5,
+# Var(R) = 5 / 3. Padding holds garbage (99, NaN, inf, -7) that must not count.
+EV_MASK = torch.tensor([[1, 1, 0], [1, 1, 0]])
+EV_RETURNS = t([[1.0, 2.0, 99.0], [3.0, 4.0, float("nan")]])
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        # R - V = [0, 0, 0, 2]: mean 0.5, Σ dev² = 3 · 0.25 + 2.25 = 3, Var = 1 -> 1 - 1 / (5/3) = 0.4
+        ([[1.0, 2.0, float("inf")], [3.0, 2.0, -7.0]], 0.4),
+        ([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]], 1.0),  # a perfect value function
+        ([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], 0.0),  # V = 0 (PPO's zero head): R - V = R, no variance explained
+        ([[2.5, 2.5, 0.0], [2.5, 2.5, 0.0]], 0.0),  # the returns' mean: as good as a constant can be
+        ([[-1.0, -2.0, 0.0], [-3.0, -4.0, 0.0]], -3.0),  # V = -R: Var(2R) / Var(R) = 4 -> 1 - 4
+    ],
+)
+def test_explained_variance_literals(values, expected):
+    got = explained_variance(t(values), EV_RETURNS, EV_MASK)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_explained_variance_of_constant_returns_is_zero_not_nan():
+    assert explained_variance(t([[0.3, 0.1]]), t([[2.0, 2.0]]), torch.ones(1, 2)).item() == 0.0
+    with pytest.raises(ValueError, match="shape mismatch"):
+        explained_variance(t([[0.3, 0.1]]), t([[2.0]]), torch.ones(1, 2))
+
+
+def test_logprob_mismatch_is_the_mean_absolute_gap_over_valid_tokens():
+    # valid gaps |-1 - -1.1| = 0.1, |-2 - -2| = 0, |-0.5 - -0.3| = 0.2 -> mean 0.3 / 3 = 0.1 (padding: 5, NaN)
+    logp = t([[-1.0, -2.0, 5.0], [-0.5, 0.0, 0.0]]).requires_grad_(True)
+    old = t([[-1.1, -2.0, float("nan")], [-0.3, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    got = logprob_mismatch(logp, old, mask)
+    assert got.item() == pytest.approx(0.1, rel=1e-12) and not got.requires_grad
+    assert logprob_mismatch(logp, logp, mask).item() == 0.0
+    assert logprob_mismatch(logp, old, torch.zeros(2, 3)).item() == 0.0  # empty mask: 0, not NaN

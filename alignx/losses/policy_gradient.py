@@ -1,4 +1,4 @@
-"""Policy-gradient losses for online RL: PPO clipped policy/value losses, GRPO/RLOO advantages.
+"""Policy-gradient losses for online RL: PPO clipped policy/value losses, GRPO/RLOO advantages and losses.
 
 Pure functions (tensors in, tensors out); formulas in ``docs/online_rl.md`` ("PPO implementation
 details", "GRPO", "RLOO"). Per-token tensors are ``[B, T]`` response positions with a ``mask``
@@ -17,6 +17,9 @@ from alignx.ops.rl import check_same_shape, zero_masked
 
 GRPO_NORMALIZATIONS: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo")
 GROUP_SCALES: tuple[str, ...] = ("std", "none")
+#: RLOO's reductions: ``sequence`` (the paper's sequence-level REINFORCE, see
+#: :func:`sequence_clipped_loss`) or one of GRPO's token-level ones
+RLOO_NORMALIZATIONS: tuple[str, ...] = ("sequence", *GRPO_NORMALIZATIONS)
 
 
 def clipped_surrogate(
@@ -144,6 +147,40 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     grouped = _grouped(rewards, group_size)
     others = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - others).reshape(-1)
+
+
+def sequence_clipped_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sequence-level clipped REINFORCE loss (RLOO, Ahmadian et al. 2024), mean over sequences.
+
+    A completion's log-probability is the masked **sum** of its token log-probs,
+    ``ρ_i = exp(Σ_t logp_it - Σ_t old_logp_it)``, and its loss is
+    ``max(-A_i·ρ_i, -A_i·clip(ρ_i, 1-ε, 1+ε))``; the result is the mean over the B sequences.
+    On-policy (``ρ_i = 1``) ``∂loss/∂logp_it = -A_i / B`` for every valid token of sequence ``i``:
+    the paper's ``-(1/B) Σ_i A_i ∇ log π(y_i|x_i)``, with no ``1/|y_i|`` factor (compare
+    :func:`grpo_token_loss` with ``"grpo"``, whose gradient is ``-A_i / (B·|y_i|)``).
+
+    ``advantages`` is [B]. Returns ``(loss, stats)`` with ``clipfrac``: the share of sequences
+    whose clipped term is active (they get no gradient), detached.
+    """
+    check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+    if logp.dim() != 2 or advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [B] and logp [B, T]; got advantages {tuple(advantages.shape)}, logp {tuple(logp.shape)}")
+    seq_logp = zero_masked(logp, mask).sum(-1)
+    seq_old = zero_masked(old_logp.detach(), mask).sum(-1)
+    adv = advantages.detach()
+    ratio = torch.exp(seq_logp - seq_old)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        clipfrac = (clipped > unclipped).to(ratio.dtype).mean()
+    return loss, {"clipfrac": clipfrac}
 
 
 def grpo_token_loss(

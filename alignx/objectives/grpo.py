@@ -7,7 +7,12 @@ value model:
   division, as Dr. GRPO), the clipped ratio objective per token, plus ``beta`` · k3 KL to the
   reference in the loss; ``loss_normalization`` grpo | bnpo | dr_grpo reduces tokens to a scalar.
 * RLOO: the KL penalty is part of the reward (``r - beta · KL_k1(sequence)``) and the advantage of
-  sample i is its reward minus the mean of the other G-1 rewards of its prompt.
+  sample i is its reward minus the mean of the other G-1 rewards of its prompt. By default
+  (``loss_normalization=sequence``) the loss is the paper's sequence-level REINFORCE: the ratio of
+  a completion is taken on the sum of its token log-probs, clipped as PPO, and averaged over
+  completions. ``loss_normalization=grpo|bnpo|dr_grpo`` is GRPO's token-level loss instead
+  (``grpo``: per-token ratios, token mean per completion, so each completion's gradient is
+  ``1/|y_i|`` of the paper's).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from alignx.errors import ConfigError
 from alignx.losses.policy_gradient import (
     GROUP_SCALES,
     GRPO_NORMALIZATIONS,
+    RLOO_NORMALIZATIONS,
     clipped_surrogate,
     group_advantages,
     grpo_token_loss,
     rloo_advantages,
+    sequence_clipped_loss,
 )
 from alignx.objectives.online import (
     ONLINE_KEYS,
@@ -41,6 +48,8 @@ class GRPO(OnlineObjective):
     name: ClassVar[str] = "grpo"
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {"loss_normalization", "scale_rewards"}
     progress_keys = ("reward", "objective/kl")
+    #: accepted values of ``objective.loss_normalization``
+    normalizations: ClassVar[tuple[str, ...]] = GRPO_NORMALIZATIONS
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
@@ -55,8 +64,10 @@ class GRPO(OnlineObjective):
         if g < 2:
             raise ConfigError(f"objective.group_size must be >= 2 for objective={cls.name} (the group is the baseline), got {g}")
         norm = str(cls.option(cfg, "loss_normalization"))
-        if norm not in GRPO_NORMALIZATIONS:
-            raise ConfigError(f"objective.loss_normalization='{norm}' is not valid. Valid: {', '.join(GRPO_NORMALIZATIONS)}")
+        if norm not in cls.normalizations:
+            raise ConfigError(
+                f"objective.loss_normalization='{norm}' is not valid for objective={cls.name}. Valid: {', '.join(cls.normalizations)}"
+            )
         if "scale_rewards" in cls.config_keys:
             scale = str(cls.option(cfg, "scale_rewards"))
             if scale not in GROUP_SCALES:
@@ -90,9 +101,9 @@ class GRPO(OnlineObjective):
     def minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sub = exp.rollout.select(idx)
         mask = sub.response_mask
-        logp = self.response_logps(self.model, sub)
+        logp = self.policy_logps(exp, idx, sub)
         per_token, clipped = clipped_surrogate(zero_masked(logp, mask), exp.old_logps[idx], exp.data["advantages"][idx], self.clip_range)
-        stats = {"clip_ratio": masked_mean(clipped.float(), mask)}
+        stats = {"policy/clipfrac_avg": masked_mean(clipped.float(), mask)}
         if self.kl_in_loss() and exp.ref_logps is not None:
             per_token = per_token + self.beta * kl_estimate(logp, exp.ref_logps[idx], self.kl_estimator)
         loss = grpo_token_loss(per_token, mask, self.normalization, max_len=self.max_new_tokens)
@@ -108,6 +119,7 @@ class RLOO(GRPO):
 
     name: ClassVar[str] = "rloo"
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {"loss_normalization"}
+    normalizations = RLOO_NORMALIZATIONS
 
     def kl_in_loss(self) -> bool:
         return False  # the penalty is already in the reward
@@ -117,6 +129,15 @@ class RLOO(GRPO):
         exp.data["rlhf_reward"] = rlhf_reward
         _, std = group_advantages(rlhf_reward, self.group_size, "none")
         return rloo_advantages(rlhf_reward, self.group_size), std
+
+    def minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.normalization != "sequence":
+            return super().minibatch_loss(exp, idx)  # GRPO's token-level loss (no KL term: kl_in_loss)
+        sub = exp.rollout.select(idx)
+        logp = self.policy_logps(exp, idx, sub)
+        loss, stats = sequence_clipped_loss(logp, exp.old_logps[idx], exp.data["advantages"][idx], sub.response_mask,
+                                            self.clip_range)
+        return loss, {"policy/clipfrac_avg": stats["clipfrac"], "loss/policy_avg": loss.detach()}
 
     def compute_advantages(self, exp: Experience) -> dict[str, float]:
         metrics = super().compute_advantages(exp)

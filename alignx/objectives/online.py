@@ -51,7 +51,7 @@ from alignx.generation import (
 from alignx.objectives.base import JobContext, ReferenceObjective
 from alignx.objectives.guards import checkpoint_hint
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
-from alignx.ops.rl import entropy_from_logits, kl_estimate, zero_masked
+from alignx.ops.rl import entropy_from_logits, kl_estimate, logprob_mismatch, zero_masked
 from alignx.registry import load_plugins
 from alignx.rewards import check_reward_config
 from alignx.rewards.combine import build_reward
@@ -153,6 +153,9 @@ class OnlineObjective(ReferenceObjective):
         self.gradient_clip_val: float | None = None
         self.step_metrics: dict[str, float] = {}
         self._generation_s = 0.0
+        # policy/logprob_mismatch of the iteration: token-weighted sum and token count, gathered by
+        # policy_logps while the first minibatch is being evaluated (None otherwise)
+        self._mismatch: tuple[float, float] | None = None
 
     def opt(self, key: str) -> Any:
         """The objective's config value for ``key`` (see :meth:`option`)."""
@@ -281,6 +284,21 @@ class OnlineObjective(ReferenceObjective):
             return logps, zero_masked(entropy_from_logits(logits), rollout.response_mask)
         return logps
 
+    def policy_logps(self, exp: Experience, idx: torch.Tensor, sub: Rollout) -> torch.Tensor:
+        """Per-token log-probs [N, R] of rollouts ``idx`` (``sub = exp.rollout.select(idx)``) under the
+        policy being trained, with gradient: what :meth:`minibatch_loss` implementations call.
+
+        On the iteration's first minibatch (no update applied yet) it also records their gap to
+        ``exp.old_logps``, logged as ``policy/logprob_mismatch``.
+        """
+        logp = self.response_logps(self.model, sub)
+        if self._mismatch is not None:
+            mask = sub.response_mask
+            n = float(mask.sum())
+            total, count = self._mismatch
+            self._mismatch = (total + float(logprob_mismatch(logp, exp.old_logps[idx], mask)) * n, count + n)
+        return logp
+
     def _chunks(self, n: int, size: int) -> list[torch.Tensor]:
         return list(torch.arange(n).split(size))
 
@@ -358,6 +376,7 @@ class OnlineObjective(ReferenceObjective):
         n_opt_steps = self.epochs * math.ceil(n / self.mini_batch_size)
         sums: dict[str, float] = {}
         count, k = 0, 0
+        self._mismatch = (0.0, 0.0)  # measured on the first minibatch, before its optimizer step
         for _ in range(self.epochs):
             perm = torch.randperm(n, generator=g)
             for mb in perm.split(self.mini_batch_size):
@@ -369,6 +388,11 @@ class OnlineObjective(ReferenceObjective):
                     for key, v in stats.items():
                         sums[key] = sums.get(key, 0.0) + float(v)
                     count += 1
+                if self._mismatch is not None:
+                    total, tokens = self._mismatch
+                    if tokens > 0:  # 0: a plugin's minibatch_loss that does not call policy_logps
+                        metrics["policy/logprob_mismatch"] = total / tokens
+                    self._mismatch = None
                 if self.gradient_clip_val:
                     self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
                 k += 1
@@ -392,6 +416,8 @@ class OnlineObjective(ReferenceObjective):
         metrics.update(self.reward.metrics(exp.score_parts))
         lengths = exp.mask.sum(-1).float()
         metrics.update({
+            # the policy's entropy at the sampled positions, summed over each completion, mean over rollouts
+            "objective/entropy": float(zero_masked(exp.entropy, exp.mask).sum(-1).mean()),
             "completions/mean_length": float(lengths.mean()),
             "completions/clipped_ratio": float((~exp.rollout.has_eos).float().mean()),
             "lr": float(opt.optimizer.param_groups[0]["lr"]),

@@ -50,6 +50,7 @@ from alignx.objectives.online import (
 from alignx.ops.rl import (
     AdaptiveKLController,
     FixedKLController,
+    explained_variance,
     gae,
     kl_estimate,
     masked_whiten,
@@ -175,18 +176,19 @@ class PPO(OnlineObjective):
             non_score_sum = non_score.sum(-1)
             return {
                 "objective/kl": mean_kl,
-                "objective/entropy": float(exp.entropy.sum(-1).mean()),
                 "objective/non_score_reward": float(non_score_sum.mean()),
                 "objective/rlhf_reward": float((exp.scores + non_score_sum).mean()),
                 "objective/scores": float(exp.scores.mean()),
                 "objective/kl_coef": beta,
                 "val/num_eos_tokens": float(exp.rollout.has_eos.sum()),
+                # how well the value model (before this iteration's updates) predicts the GAE returns
+                "val/explained_variance": float(explained_variance(values, returns, mask)),
             }
 
     def minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sub = exp.rollout.select(idx)
         mask = sub.response_mask
-        logp = self.response_logps(self.model, sub)
+        logp = self.policy_logps(exp, idx, sub)
         values = self.token_values(sub)
         pg, pst = clipped_policy_loss(logp, exp.old_logps[idx], exp.data["advantages"][idx], mask, self.clip_range)
         vf, vst = clipped_value_loss(values, exp.data["values"][idx], exp.data["returns"][idx], mask,

@@ -1,4 +1,4 @@
-"""Online-RL tensor ops: whitening, KL estimators, EOS truncation, per-token rewards, GAE, KL control.
+"""Online-RL tensor ops: whitening, KL estimators, EOS truncation, per-token rewards, GAE, KL control, diagnostics.
 
 Pure functions (tensors in, tensors out) for PPO/GRPO/RLOO; the formulas and where each is used:
 ``docs/online_rl.md`` ("KL estimators", "PPO implementation details"). Conventions shared by every
@@ -255,3 +255,32 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     p = torch.softmax(z, dim=-1)
     pz = torch.where(p > 0, p * z, torch.zeros_like(z))
     return torch.logsumexp(z, dim=-1) - pz.sum(-1)
+
+
+def logprob_mismatch(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean ``|logp - old_logp|`` over the valid tokens, a detached 0-dim tensor (0 for an empty mask).
+
+    Logged as ``policy/logprob_mismatch`` on an iteration's first minibatch, before any update,
+    where both are log-probabilities of the same tokens under the same weights: anything above
+    floating-point noise (dropout left on, a padding or position-id difference, a different
+    precision between the two forwards) means the ratio ``ρ`` does not start at 1.
+    """
+    check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+    diff = zero_masked((logp.detach() - old_logp.detach()).abs(), mask)
+    return diff.sum() / mask.to(diff.dtype).sum().clamp(min=1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(returns - values) / Var(returns)`` over the valid entries, a detached 0-dim tensor.
+
+    1: the value function predicts the returns exactly; 0: no better than predicting their mean;
+    negative: worse than that (e.g. a value head far from the returns' scale). Both variances are
+    Bessel-corrected over the same entries (the correction cancels). Returns with no variance
+    leave nothing to explain: the result is then 0, not NaN.
+    """
+    check_same_shape(values=values, returns=returns, mask=mask)
+    v, r = values.detach(), returns.detach()
+    var_r = masked_var(r, mask)
+    if float(var_r) == 0.0:
+        return torch.zeros((), dtype=var_r.dtype, device=var_r.device)
+    return 1.0 - masked_var(r - v, mask) / var_r
