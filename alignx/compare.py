@@ -101,6 +101,7 @@ def compare(
     log_artifacts: bool = True,
     frontier: Sequence[str] | None = None,
     by: str | None = None,
+    group_seeds: bool = True,
 ) -> CompareResult:
     """Compare the jobs of one sweep; write and log ``compare.csv`` and plots.
 
@@ -121,6 +122,8 @@ def compare(
             param), joined in x order: a reward-vs-KL frontier (``frontier_<y>_vs_<x>.png``).
             With seeds swept, each point is a group's mean with x and y 95% error bars.
         by: the swept param that names a frontier's series.
+        group_seeds: when ``seed`` is swept, one row per setting (its jobs' mean ± 95% CI);
+            False: one row per job, as for a sweep without seeds.
 
     Raises:
         CompareError: with a message a user can act on (what exists instead, when helpful).
@@ -154,7 +157,7 @@ def compare(
     extra = [m for m in (frontier or []) if m not in chosen]
     job_columns = ["job", "status", *params, *chosen, "best", "run_id"]
     job_rows = [_row(run, params, [*chosen, *extra]) for run in children]
-    grouped_by = SEED_KEY if SEED_KEY in params else None
+    grouped_by = SEED_KEY if group_seeds and SEED_KEY in params else None
     if grouped_by:
         swept = params
         params = [p for p in swept if p != grouped_by]

@@ -180,3 +180,13 @@ def test_frontier_cannot_be_split_by_the_averaged_seed(seed_sweep, tmp_path):
     result = compare(str(seed_sweep / "sweep"), out=tmp_path, log_artifacts=False)
     assert result.grouped_by == "seed" and result.params == ["optim.lr"] and len(result.jobs) == 4
     assert [r["n"] for r in result.rows] == [2, 2]
+
+
+def test_per_job_rows_when_asked(seed_sweep, tmp_path):
+    from alignx.compare import compare
+
+    result = compare(str(seed_sweep / "sweep"), out=tmp_path, log_artifacts=False, group_seeds=False)
+    assert result.grouped_by is None and result.params == ["optim.lr", "seed"]
+    assert len(result.rows) == 4 and result.rows == result.jobs
+    assert result.columns[:4] == ["job", "status", "optim.lr", "seed"] and result.columns[-1] == "run_id"
+    assert not (tmp_path / "compare_jobs.csv").exists() and (tmp_path / "metric_vs_seed.png").exists()
