@@ -18,6 +18,10 @@ function of (seed, rank, step), so a run resumed from a checkpoint at step k con
 the uninterrupted run did; the optimizer, LR schedule and KL-controller state travel in the
 checkpoint. Dropout is off throughout (the policy stays in eval mode; gradients still flow).
 
+Every iteration also logs diagnostics of the optimisation (``policy/logprob_mismatch`` on the
+first minibatch before any update, ``policy/clipfrac_avg``, ``objective/entropy``; see
+``docs/online_rl.md`` ("Diagnostics")).
+
 A non-finite loss or non-finite next-token probabilities stop training with
 :class:`TrainingDiverged` *before* the bad update is applied, so the last checkpoint is good.
 """
