@@ -258,11 +258,14 @@ def _compare(argv: Sequence[str]) -> int:
     parser.add_argument("--frontier", nargs=2, metavar=("X", "Y"),
                         help="also plot every job at (X, Y), e.g. eval/kl_to_reference eval/gold_reward_sampled")
     parser.add_argument("--by", help="swept param naming the frontier's series (default: the first non-numeric one)")
+    parser.add_argument("--per-job", action="store_true",
+                        help="one row per job even when seed is swept (default: one row per setting, mean ± 95%% CI over its seeds)")
     args = parser.parse_args(list(argv))
     try:
         result = compare(
             args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment, metrics=args.metric,
             curve=args.curve, mode=args.mode, out=args.out, frontier=args.frontier, by=args.by,
+            group_seeds=not args.per_job,
         )
     except CompareError as exc:
         _print_error(str(exc))

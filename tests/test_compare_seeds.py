@@ -190,3 +190,11 @@ def test_per_job_rows_when_asked(seed_sweep, tmp_path):
     assert len(result.rows) == 4 and result.rows == result.jobs
     assert result.columns[:4] == ["job", "status", "optim.lr", "seed"] and result.columns[-1] == "run_id"
     assert not (tmp_path / "compare_jobs.csv").exists() and (tmp_path / "metric_vs_seed.png").exists()
+
+
+def test_per_job_flag_of_the_command(seed_sweep, tmp_path):
+    proc = run_cli(["compare", "--per-job", "--out", str(tmp_path)], seed_sweep, ENV)
+    assert proc.returncode == 0, explain(proc)
+    rows = read_csv(tmp_path / "compare.csv")
+    assert len(rows) == 4 and {r["seed"] for r in rows} == {"0", "1"}
+    assert not (tmp_path / "compare_jobs.csv").exists()
