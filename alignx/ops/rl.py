@@ -284,3 +284,34 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if float(var_r) == 0.0:
         return torch.zeros((), dtype=var_r.dtype, device=var_r.device)
     return 1.0 - masked_var(r - v, mask) / var_r
+
+
+# -- the GRPO family (DAPO, GSPO, REINFORCE++): docs/online_rl.md ("The GRPO family") ----------
+def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's length-normalised sequence log-ratio ``(1/|y_i|) Σ_t (logp_it - old_logp_it)``, [B].
+
+    ``exp`` of it is the geometric mean of the token ratios of completion ``i``. ``old_logp`` is
+    detached (gradients flow through ``logp`` only, each token getting ``1/|y_i|``); an empty row
+    gives 0.
+    """
+    check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+    diff = zero_masked(logp - old_logp.detach(), mask)
+    return diff.sum(-1) / mask.to(diff.dtype).sum(-1).clamp(min=1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment of completions of ``lengths`` tokens, [B] (0 or negative).
+
+    With ``L = max_len`` (the generation limit) and ``C = buffer_len``: 0 while ``|y| <= L - C``,
+    then ``((L - C) - |y|) / C`` falling linearly to -1 at ``|y| = L``, and -1 beyond; times
+    ``factor``. ``buffer_len = 0`` turns it off (all 0). Added to the task reward before the
+    advantages are computed.
+    """
+    if buffer_len < 0 or buffer_len > max_len:
+        raise ValueError(f"buffer_len must be in [0, max_len={max_len}], got {buffer_len}")
+    lengths = lengths.to(torch.float32)
+    if buffer_len == 0:
+        return torch.zeros_like(lengths)
+    expected = max_len - buffer_len
+    penalty = ((expected - lengths) / buffer_len).clamp(min=-1.0, max=0.0)
+    return factor * penalty
