@@ -91,17 +91,21 @@ class StepProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.is_enabled:
             return
+        # redirected to a file (CI, `make run > log`), a redraw every step would fill it with
+        # carriage-return updates: redraw every 30 s there instead
+        interactive = sys.stderr.isatty()
         self._bar = tqdm(total=self._total(trainer), initial=int(trainer.global_step), desc="train",
-                         unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+                         unit="step", dynamic_ncols=True, leave=True, file=sys.stderr,
+                         mininterval=0.1 if interactive else 30.0)
 
     def _update(self, trainer: L.Trainer) -> None:
         if self._bar is None:
             return
-        self._bar.n = int(trainer.global_step)
         metrics = trainer.progress_bar_metrics
         shown = {k.replace("train/", "").replace("/", "_"): f"{float(metrics[k]):.4g}" for k in self.SHOWN if k in metrics}
         self._bar.set_postfix(shown, refresh=False)
-        self._bar.refresh()
+        # update() redraws at most every mininterval; the bar's close() draws the final state
+        self._bar.update(int(trainer.global_step) - self._bar.n)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._update(trainer)
