@@ -56,7 +56,7 @@ def test_default_console_has_one_step_bar_and_no_noise(bg_default: Future):
     assert proc.returncode == 0, _explain(proc)
     console = proc.stdout + proc.stderr
     for noise in ("Epoch ", "💡", "litlogger", "limit_val_batches", "TPU available", "Writing model shards",
-                  "Loading weights", "is deprecated", "Creating initial MLflow database"):
+                  "Loading weights", "is deprecated", "Creating initial MLflow database", "stopped: `max_steps="):
         assert noise not in console, f"{noise!r} reached the console:\n{_explain(proc)}"
     # the progress bar counts optimizer steps of the job and ends at max_steps
     assert re.search(r"train: 100%.*\b4/4\b", proc.stderr), _explain(proc)

@@ -23,9 +23,11 @@ from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
 # Lightning's INFO lines that say nothing about this job: an advertisement, a restatement of a
-# default, and accelerators that are not there
+# default, accelerators that are not there, and "stopped: max_steps reached" (the bar ends at
+# max_steps; printed while the bar is still open, it would land in the middle of its line)
 _NOISE = re.compile(
     r"💡 Tip|litlogger|was configured so 100% of the batches|(TPU|HPU|IPU) available: False"
+    r"|`Trainer.fit` stopped: `max_steps=\d+` reached"
 )
 
 
