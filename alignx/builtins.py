@@ -22,6 +22,9 @@ OBJECTIVES = {
     "ppo": "alignx.objectives.ppo:PPO",
     "grpo": "alignx.objectives.grpo:GRPO",
     "rloo": "alignx.objectives.grpo:RLOO",
+    "dapo": "alignx.objectives.grpo:DAPO",
+    "gspo": "alignx.objectives.grpo:GSPO",
+    "reinforce_pp": "alignx.objectives.grpo:ReinforcePP",
 }
 #: the DPO family: objective=dpo objective.loss=<name> looks these up
 PREFERENCE_LOSSES = {

@@ -16,9 +16,13 @@ from alignx.losses.policy_gradient import (
     clipped_value_loss,
     group_advantages,
     grpo_token_loss,
+    nonconstant_groups,
+    ratio_surrogate,
+    reinforce_pp_advantages,
     rloo_advantages,
     sequence_clipped_loss,
 )
+from alignx.ops.rl import overlong_penalty, sequence_log_ratio
 
 # ---------------------------------------------------------------- clipped policy loss, ε = 0.2
 #
@@ -177,7 +181,7 @@ def test_group_advantages_g2_and_eps():
 
 
 def test_group_advantages_validation():
-    with pytest.raises(ValueError, match="std, none"):
+    with pytest.raises(ValueError, match="std, batch, none"):
         group_advantages(t([1.0, 2.0]), 2, scale="mad")
     with pytest.raises(ValueError, match="groups of 4"):
         group_advantages(t([1.0, 2.0, 3.0]), 4)
@@ -311,3 +315,78 @@ def test_grpo_token_loss_validation():
         grpo_token_loss(LOSS, LMASK, "dapo_v2")
     with pytest.raises(ValueError, match=r"per_token_loss \(2, 3\), mask \(2, 2\)"):
         grpo_token_loss(LOSS, LMASK[:, :2])
+
+
+# ---------------------------------------------------------------- the GRPO family (DAPO, GSPO, REINFORCE++)
+def test_clip_higher_decouples_the_upper_clip_from_the_lower():
+    """DAPO clip-higher, ε_low = 0.2, ε_high = 0.28:
+      ρ     A    -Aρ     -A·clip(ρ, 0.8, 1.28)   max     clipped?   (symmetric ε = 0.2: max, clipped?)
+      1.25  1   -1.25   -1.25                   -1.25   no          -1.2, yes
+      1.5   1   -1.5    -1.28                   -1.28   yes         -1.2, yes
+      0.7  -1    0.7     0.8                     0.8    yes          0.8, yes
+      0.7   1   -0.7    -0.8                    -0.7    no          -0.7, no
+    """
+    old = t([[-1.0, -2.0], [-0.5, -3.0]])
+    logp = old + torch.log(t([[1.25, 1.5], [0.7, 0.7]]))
+    adv = t([[1.0, 1.0], [-1.0, 1.0]])
+    loss, clipped = clipped_surrogate(logp, old, adv, 0.2, 0.28)
+    approx(loss, [[-1.25, -1.28], [0.8, -0.7]], rel=1e-12)
+    assert clipped.tolist() == [[False, True], [True, False]]
+    loss, clipped = clipped_surrogate(logp, old, adv, 0.2)  # clip_range_high None: symmetric
+    approx(loss, [[-1.2, -1.2], [0.8, -0.7]], rel=1e-12)
+    assert clipped.tolist() == [[True, True], [True, False]]
+
+
+def test_gspo_sequence_ratio_is_the_mean_token_log_ratio_clipped_per_completion():
+    """log ρ_t = logp - old: row 0 [0.3, -0.1, 0.4] (mean 0.2), row 1 [0.2, 0.4, pad] (mean 0.3).
+    s_0 = e^0.2 = 1.2214 > 1 + 0.1 with A = 1: clipped, loss -1.1, no gradient.
+    s_1 = e^0.3 = 1.3499 with A = -1: max(1.3499, 1.1) = e^0.3, unclipped.
+    grpo reduction (token mean per row, then mean of rows): (-1.1 + e^0.3) / 2.
+    ∂/∂logp_1t = (1/2) · e^0.3 · (1/|y_1| = 1/2) = e^0.3 / 4 at both valid tokens of row 1."""
+    old = t([[-1.0, -2.0, -0.5], [-3.0, -1.0, 0.0]])
+    logp = (old + t([[0.3, -0.1, 0.4], [0.2, 0.4, 7.0]])).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    seq = sequence_log_ratio(logp, old, mask)
+    approx(seq.detach(), [0.2, 0.3], rel=1e-12)
+    per_token, clipped = ratio_surrogate(seq.unsqueeze(-1).expand_as(logp), t([1.0, -1.0]), 0.1, 0.1)
+    assert clipped[:, 0].tolist() == [True, False]
+    loss = grpo_token_loss(per_token, mask, "grpo")
+    assert float(loss.detach()) == pytest.approx((-1.1 + math.exp(0.3)) / 2, rel=1e-12)
+    loss.backward()
+    approx(logp.grad, [[0.0, 0.0, 0.0], [math.exp(0.3) / 4, math.exp(0.3) / 4, 0.0]], rel=1e-12)
+
+
+def test_scale_rewards_batch_divides_group_centred_rewards_by_the_batch_std():
+    """rewards [1, 0, 0, 0 | 1, 1, 0, 0], G = 4: group means 0.25 and 0.5; batch mean 3/8,
+    batch unbiased variance (3 · 0.625² + 5 · 0.375²) / 7 = 1.875 / 7."""
+    adv, std = group_advantages(t([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]), 4, "batch")
+    d = math.sqrt(1.875 / 7) + 1e-4
+    approx(adv, [0.75 / d, -0.25 / d, -0.25 / d, -0.25 / d, 0.5 / d, 0.5 / d, -0.5 / d, -0.5 / d], rel=1e-12)
+    approx(std, [0.5, math.sqrt(1 / 3)], rel=1e-12)  # the per-group std is still returned for logging
+
+
+def test_nonconstant_groups_finds_the_groups_with_a_gradient():
+    # groups of 3: [1, 1, 1] constant, [0, 1, 0] not, [2, 2, 2] constant
+    assert nonconstant_groups(t([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0]), 3).tolist() == [False, True, False]
+
+
+def test_reinforce_pp_advantages_whiten_the_kl_penalised_returns_over_the_batch():
+    """β = 0.5; scores [1, 0]; KL row 0 [0.1, 0.2, 0.3], row 1 [0.5, pad, pad].
+    rewards: row 0 [-0.05, -0.1, -0.15 + 1] = [-0.05, -0.1, 0.85]; row 1 [-0.25 + 0].
+    returns (sum to the end): row 0 [0.7, 0.75, 0.85]; row 1 [-0.25].
+    mean of the 4 valid returns 2.05 / 4 = 0.5125; deviations 0.1875, 0.2375, 0.3375, -0.7625;
+    unbiased variance (0.03515625 + 0.05640625 + 0.11390625 + 0.58140625) / 3 = 0.786875 / 3."""
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    adv, returns = reinforce_pp_advantages(t([1.0, 0.0]), t([[0.1, 0.2, 0.3], [0.5, 9.0, 9.0]]), mask, 0.5)
+    approx(returns, [[0.7, 0.75, 0.85], [-0.25, 0.0, 0.0]], rel=1e-12, abs=1e-15)
+    s = math.sqrt(0.786875 / 3 + 1e-8)
+    approx(adv, [[0.1875 / s, 0.2375 / s, 0.3375 / s], [-0.7625 / s, 0.0, 0.0]], rel=1e-9, abs=1e-12)
+
+
+def test_overlong_penalty_is_linear_over_the_buffer_before_the_limit():
+    """L = 10, buffer C = 4 (penalty starts after L - C = 6 tokens), factor 0.5:
+    |y| 3 -> 0; 6 -> 0; 7 -> (6 - 7) / 4 = -0.25; 9 -> -0.75; 10 -> -1; times 0.5."""
+    approx(overlong_penalty(torch.tensor([3, 6, 7, 9, 10]), 10, 4, 0.5).double(), [0.0, 0.0, -0.125, -0.375, -0.5])
+    approx(overlong_penalty(torch.tensor([3, 10]), 10, 0).double(), [0.0, 0.0])  # buffer 0: off
+    with pytest.raises(ValueError, match="buffer_len must be in"):
+        overlong_penalty(torch.tensor([3]), 10, 11)

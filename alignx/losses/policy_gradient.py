@@ -13,10 +13,13 @@ from __future__ import annotations
 import torch
 
 from alignx.ops.logprobs import masked_mean
-from alignx.ops.rl import check_same_shape, zero_masked
+from alignx.ops.rl import check_same_shape, masked_whiten, per_token_rewards, zero_masked
 
 GRPO_NORMALIZATIONS: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo")
-GROUP_SCALES: tuple[str, ...] = ("std", "none")
+#: ``std``: divide by the group's std; ``batch``: by the std of the whole batch; ``none``: no division
+GROUP_SCALES: tuple[str, ...] = ("std", "batch", "none")
+#: where GRPO takes the importance ratio: per token, or per completion (GSPO)
+IMPORTANCE_LEVELS: tuple[str, ...] = ("token", "sequence")
 #: RLOO's reductions: ``sequence`` (the paper's sequence-level REINFORCE, see
 #: :func:`sequence_clipped_loss`) or one of GRPO's token-level ones
 RLOO_NORMALIZATIONS: tuple[str, ...] = ("sequence", *GRPO_NORMALIZATIONS)
@@ -27,25 +30,41 @@ def clipped_surrogate(
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     clip_range: float = 0.2,
+    clip_range_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO clipped surrogate loss, unreduced (for custom normalisation, e.g. GRPO).
 
-    ``ρ = exp(logp - old_logp)``; per token ``max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε))``. ``advantages`` is
-    [B, T], or [B] (one advantage per sequence, broadcast over its tokens, as in GRPO/RLOO).
-    Returns ``(per_token_loss [B, T], clipped [B, T] bool)`` where ``clipped`` marks tokens whose
-    clipped term is the active one (strictly larger loss; those tokens get no gradient).
+    ``ρ = exp(logp - old_logp)``; per token ``max(-A·ρ, -A·clip(ρ, 1-ε_low, 1+ε_high))`` with
+    ``ε_low = clip_range`` and ``ε_high = clip_range_high`` (``None``: the same as ``ε_low``; DAPO's
+    clip-higher sets it larger). ``advantages`` is [B, T], or [B] (one advantage per sequence,
+    broadcast over its tokens, as in GRPO/RLOO). Returns ``(per_token_loss [B, T], clipped [B, T]
+    bool)`` where ``clipped`` marks tokens whose clipped term is the active one (strictly larger
+    loss; those tokens get no gradient).
     """
     check_same_shape(logp=logp, old_logp=old_logp)
-    if advantages.shape != logp.shape:
-        if logp.dim() != 2 or advantages.shape != logp.shape[:1]:
+    return ratio_surrogate(logp - old_logp.detach(), advantages, clip_range, clip_range_high)
+
+
+def ratio_surrogate(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float = 0.2,
+    clip_range_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`clipped_surrogate` from a log-ratio [B, T] (token-level, or GSPO's sequence log-ratio
+    of :func:`alignx.ops.rl.sequence_log_ratio` broadcast over the tokens): per entry
+    ``max(-A·ρ, -A·clip(ρ, 1-ε_low, 1+ε_high))`` with ``ρ = exp(log_ratio)``."""
+    if advantages.shape != log_ratio.shape:
+        if log_ratio.dim() != 2 or advantages.shape != log_ratio.shape[:1]:
             raise ValueError(
-                f"advantages must be [B, T] or [B]; got advantages {tuple(advantages.shape)}, logp {tuple(logp.shape)}"
+                f"advantages must be [B, T] or [B]; got advantages {tuple(advantages.shape)}, logp {tuple(log_ratio.shape)}"
             )
         advantages = advantages.unsqueeze(-1)
+    high = clip_range if clip_range_high is None else clip_range_high
     adv = advantages.detach()
-    ratio = torch.exp(logp - old_logp.detach())
+    ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
@@ -119,7 +138,8 @@ def group_advantages(
     scale: str = "std",
     eps: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO advantages ``(r - mean_group) / (std_group + eps)`` (``scale="none"``: ``r - mean_group``).
+    """GRPO advantages ``(r - mean_group) / (std_group + eps)`` (``scale="none"``: ``r - mean_group``;
+    ``scale="batch"``: ``(r - mean_group) / (std_batch + eps)``, one std over all B rewards).
 
     ``rewards`` [B] hold ``B / G`` groups of ``G = group_size`` completions of one prompt each,
     stored contiguously (rows ``g·G … g·G + G - 1``). ``std_group`` is the **unbiased** standard
@@ -135,7 +155,32 @@ def group_advantages(
     centred = grouped - mean
     if scale == "std":
         centred = centred / (std.unsqueeze(-1) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + eps)
     return centred.reshape(-1), std
+
+
+def nonconstant_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups [B / G] (bool) have rewards that are not all equal: the others have advantage 0
+    under every group baseline and carry no policy gradient (DAPO's dynamic sampling drops them)."""
+    grouped = _grouped(rewards, group_size)
+    return grouped.amax(-1) > grouped.amin(-1)
+
+
+def reinforce_pp_advantages(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ advantages (Hu 2025): per-token returns of the KL-penalised reward, whitened over the batch.
+
+    The per-token reward is ``-β·KL_t`` plus the score at the last valid token
+    (:func:`alignx.ops.rl.per_token_rewards`); the return is its sum from ``t`` to the end
+    (``γ = 1``, no value model); the advantage is that return whitened over every valid token of
+    the batch, ``(G_t - mean) / std`` (Bessel-corrected std). Returns ``(advantages [B, T],
+    returns [B, T])``, 0 where masked; not detached.
+    """
+    rewards, _ = per_token_rewards(scores, kl, mask, beta)
+    returns = zero_masked(rewards.flip(-1).cumsum(-1).flip(-1), mask)
+    return masked_whiten(returns, mask), returns
 
 
 def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

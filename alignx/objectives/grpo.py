@@ -13,6 +13,22 @@ value model:
   completions. ``loss_normalization=grpo|bnpo|dr_grpo`` is GRPO's token-level loss instead
   (``grpo``: per-token ratios, token mean per completion, so each completion's gradient is
   ``1/|y_i|`` of the paper's).
+
+The 2025-26 GRPO family are options of :class:`GRPO` (formulas: ``docs/online_rl.md``, "The GRPO
+family"); ``objective=dapo`` and ``objective=gspo`` are GRPO with preset options (classes that only
+rename it, so messages and the registry name the preset), ``objective=reinforce_pp`` changes the
+advantage:
+
+* ``clip_range_high`` (DAPO clip-higher): the ratio is clipped to ``[1 - clip_range, 1 + clip_range_high]``;
+* ``loss_normalization=bnpo``: DAPO's token-level loss (every token of the batch weighs the same);
+* ``dynamic_sampling_rounds`` (DAPO dynamic sampling): groups whose rewards all equal are dropped
+  and up to that many extra rounds of prompts are sampled to refill the batch;
+* ``overlong_buffer_len`` / ``overlong_penalty_factor`` (DAPO overlong shaping): a penalty growing
+  linearly over the last ``overlong_buffer_len`` tokens before ``max_new_tokens``;
+* ``importance_sampling_level=sequence`` (GSPO): one ratio per completion, the exponential of its
+  mean token log-ratio, clipped per completion;
+* ``scale_rewards=batch``: group-centred rewards divided by the std of the whole batch;
+* :class:`ReinforcePP` (REINFORCE++): per-token KL penalty in the reward, returns whitened over the batch.
 """
 
 from __future__ import annotations
@@ -22,13 +38,16 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from alignx.errors import ConfigError
+from alignx.generation import Rollout
 from alignx.losses.policy_gradient import (
     GROUP_SCALES,
     GRPO_NORMALIZATIONS,
+    IMPORTANCE_LEVELS,
     RLOO_NORMALIZATIONS,
-    clipped_surrogate,
     group_advantages,
     grpo_token_loss,
+    ratio_surrogate,
+    reinforce_pp_advantages,
     rloo_advantages,
     sequence_clipped_loss,
 )
@@ -39,14 +58,20 @@ from alignx.objectives.online import (
     masked_seq_mean,
 )
 from alignx.ops.logprobs import masked_mean
-from alignx.ops.rl import kl_estimate, zero_masked
+from alignx.ops.rl import kl_estimate, overlong_penalty, sequence_log_ratio, zero_masked
+
+#: the options of GRPO's family (DAPO, GSPO) beyond RLOO's keys
+FAMILY_KEYS = frozenset({
+    "clip_range_high", "importance_sampling_level", "dynamic_sampling_rounds", "overlong_buffer_len",
+    "overlong_penalty_factor",
+})
 
 
 class GRPO(OnlineObjective):
     """Group relative policy optimisation: group-normalised rewards, no value model."""
 
     name: ClassVar[str] = "grpo"
-    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {"loss_normalization", "scale_rewards"}
+    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | FAMILY_KEYS | {"loss_normalization", "scale_rewards"}
     progress_keys = ("reward", "objective/kl")
     #: accepted values of ``objective.loss_normalization``
     normalizations: ClassVar[tuple[str, ...]] = GRPO_NORMALIZATIONS
@@ -56,6 +81,13 @@ class GRPO(OnlineObjective):
         self.normalization = str(self.opt("loss_normalization"))
         # RLOO's leave-one-out baseline is never scaled: it has no scale_rewards key
         self.scale = str(self.opt("scale_rewards")) if "scale_rewards" in self.config_keys else "none"
+        family = FAMILY_KEYS <= self.config_keys  # RLOO has none of these options
+        high = self.opt("clip_range_high") if family else None
+        self.clip_range_high = None if high is None else float(high)
+        self.importance_level = str(self.opt("importance_sampling_level")) if family else "token"
+        self.refill_rounds = int(self.opt("dynamic_sampling_rounds")) if family else 0
+        self.overlong_buffer = int(self.opt("overlong_buffer_len")) if family else 0
+        self.overlong_factor = float(self.opt("overlong_penalty_factor")) if family else 0.0
 
     @classmethod
     def check_values(cls, cfg: Mapping[str, Any]) -> None:
@@ -72,6 +104,37 @@ class GRPO(OnlineObjective):
             scale = str(cls.option(cfg, "scale_rewards"))
             if scale not in GROUP_SCALES:
                 raise ConfigError(f"objective.scale_rewards='{scale}' is not valid. Valid: {', '.join(GROUP_SCALES)}")
+        if FAMILY_KEYS <= cls.config_keys:
+            cls.check_family_values(cfg)
+
+    @classmethod
+    def check_family_values(cls, cfg: Mapping[str, Any]) -> None:
+        """ConfigError naming the key for a bad DAPO/GSPO option."""
+        high = cls.option(cfg, "clip_range_high")
+        if high is not None and float(high) < 0:
+            raise ConfigError(f"objective.clip_range_high must be >= 0 or null (= clip_range), got {high}")
+        level = str(cls.option(cfg, "importance_sampling_level"))
+        if level not in IMPORTANCE_LEVELS:
+            raise ConfigError(
+                f"objective.importance_sampling_level='{level}' is not valid. Valid: {', '.join(IMPORTANCE_LEVELS)}"
+            )
+        if int(cls.option(cfg, "dynamic_sampling_rounds")) < 0:
+            raise ConfigError(
+                f"objective.dynamic_sampling_rounds must be >= 0 (0 = off), got {cls.option(cfg, 'dynamic_sampling_rounds')}"
+            )
+        buffer, limit = int(cls.option(cfg, "overlong_buffer_len")), int(cls.option(cfg, "max_new_tokens"))
+        if not 0 <= buffer <= limit:
+            raise ConfigError(
+                f"objective.overlong_buffer_len must be in [0, objective.max_new_tokens={limit}] (0 = off), got {buffer}"
+            )
+
+    def shape_scores(self, scores: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """The reward plus DAPO's overlong penalty (``overlong_buffer_len`` 0: the reward unchanged)."""
+        if self.overlong_buffer == 0:
+            return scores
+        lengths = rollout.response_mask.sum(-1)
+        penalty = overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_factor)
+        return scores + penalty.to(scores.device, scores.dtype)
 
     def group_baseline(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages [N], per-group reward std [N / G])."""
@@ -96,13 +159,23 @@ class GRPO(OnlineObjective):
             }
             if exp.ref_logps is not None:
                 metrics["kl"] = float(masked_seq_mean(kl_estimate(exp.old_logps, exp.ref_logps, self.kl_estimator), exp.mask))
+            if self.overlong_buffer:
+                lengths = exp.mask.sum(-1)
+                penalty = overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_factor)
+                metrics["objective/overlong_penalty"] = float(penalty.mean())
             return metrics
 
     def minibatch_loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sub = exp.rollout.select(idx)
         mask = sub.response_mask
         logp = self.policy_logps(exp, idx, sub)
-        per_token, clipped = clipped_surrogate(zero_masked(logp, mask), exp.old_logps[idx], exp.data["advantages"][idx], self.clip_range)
+        old = exp.old_logps[idx]
+        if self.importance_level == "sequence":
+            # GSPO: one ratio per completion (the same value at each of its tokens)
+            log_ratio = sequence_log_ratio(logp, old, mask).unsqueeze(-1).expand_as(logp)
+        else:
+            log_ratio = zero_masked(logp, mask) - zero_masked(old, mask)
+        per_token, clipped = ratio_surrogate(log_ratio, exp.data["advantages"][idx], self.clip_range, self.clip_range_high)
         stats = {"policy/clipfrac_avg": masked_mean(clipped.float(), mask)}
         if self.kl_in_loss() and exp.ref_logps is not None:
             per_token = per_token + self.beta * kl_estimate(logp, exp.ref_logps[idx], self.kl_estimator)
@@ -142,5 +215,51 @@ class RLOO(GRPO):
     def compute_advantages(self, exp: Experience) -> dict[str, float]:
         metrics = super().compute_advantages(exp)
         metrics["kl"] = float(self.sequence_kl(exp, self.kl_estimator).mean())
+        metrics["objective/rlhf_reward"] = float(exp.data["rlhf_reward"].mean())
+        return metrics
+
+
+class DAPO(GRPO):
+    """DAPO (Yu et al. 2025): GRPO with the options of ``conf/objective/dapo.yaml`` (clip-higher,
+    token-level loss, dynamic sampling, overlong shaping, no KL term). Only the name differs."""
+
+    name: ClassVar[str] = "dapo"
+
+
+class GSPO(GRPO):
+    """GSPO (Zheng et al. 2025): GRPO with ``importance_sampling_level=sequence`` (one
+    length-normalised ratio per completion, clipped per completion; ``conf/objective/gspo.yaml``).
+    Only the name differs."""
+
+    name: ClassVar[str] = "gspo"
+
+
+class ReinforcePP(GRPO):
+    """REINFORCE++ (Hu 2025): reward minus ``beta`` x per-token KL, returns whitened over the batch.
+
+    No value model and no group baseline: the advantage of token ``t`` is the return from ``t``
+    (``-beta·KL`` at every token plus the score at the last one) normalised with the mean and std of
+    every valid token of the batch (:func:`alignx.losses.policy_gradient.reinforce_pp_advantages`);
+    then GRPO's per-token clipped ratio loss without a KL term (the penalty is in the reward).
+    """
+
+    name: ClassVar[str] = "reinforce_pp"
+    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {"loss_normalization"}
+
+    def kl_in_loss(self) -> bool:
+        return False  # the penalty is in the reward
+
+    def group_baseline(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
+        if exp.ref_logps is None:
+            kl = torch.zeros_like(exp.old_logps)
+        else:
+            kl = zero_masked(kl_estimate(exp.old_logps, exp.ref_logps, self.kl_estimator), exp.mask)
+        advantages, returns = reinforce_pp_advantages(exp.scores, kl, exp.mask, self.beta)
+        exp.data["rlhf_reward"] = exp.scores - self.beta * kl.sum(-1)
+        _, std = group_advantages(exp.scores, self.group_size, "none")
+        return advantages, std
+
+    def compute_advantages(self, exp: Experience) -> dict[str, float]:
+        metrics = super().compute_advantages(exp)
         metrics["objective/rlhf_reward"] = float(exp.data["rlhf_reward"].mean())
         return metrics

@@ -52,6 +52,7 @@ from alignx.generation import (
     rollout_seed,
     sample,
 )
+from alignx.losses.policy_gradient import nonconstant_groups
 from alignx.objectives.base import JobContext, ReferenceObjective
 from alignx.objectives.guards import checkpoint_hint
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
@@ -160,6 +161,9 @@ class OnlineObjective(ReferenceObjective):
         # policy/logprob_mismatch of the iteration: token-weighted sum and token count, gathered by
         # policy_logps while the first minibatch is being evaluated (None otherwise)
         self._mismatch: tuple[float, float] | None = None
+        #: extra sampling rounds of dynamic sampling (GRPO's ``dynamic_sampling_rounds``; 0 = off)
+        self.refill_rounds = 0
+        self._sampling_metrics: dict[str, float] = {}
 
     def opt(self, key: str) -> Any:
         """The objective's config value for ``key`` (see :meth:`option`)."""
@@ -306,24 +310,26 @@ class OnlineObjective(ReferenceObjective):
     def _chunks(self, n: int, size: int) -> list[torch.Tensor]:
         return list(torch.arange(n).split(size))
 
-    @torch.no_grad()
-    def make_experience(self, step: int) -> Experience:
-        """Sample, score and evaluate one iteration's rollouts (steps 1-3 of the module docstring)."""
+    def shape_scores(self, scores: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """The scores the algorithm learns from, given the reward's ``scores`` [N] (hook; GRPO adds
+        DAPO's overlong penalty). Applied before dynamic sampling looks at the groups."""
+        return scores
+
+    def _sample_and_score(self, items: list[dict], seed: int, step: int) -> tuple[Rollout, list[str], list[str], torch.Tensor, dict[str, torch.Tensor]]:
+        """``group_size`` completions of each prompt in ``items``, sampled from ``seed`` and scored:
+        (rollout, prompts, completions, scores [N], score parts)."""
         tok = self.tokenizer
-        items = self.prompt_batch(step)
         g = self.group_size
         ids_list = [it["input_ids"] for it in items for _ in range(g)]
         prompts = [it["prompt"] for it in items for _ in range(g)]
-        base_seed = rollout_seed(self.seed, self.global_rank, step)
         rollouts = []
-        t0 = time.perf_counter()
         for j, idx in enumerate(self._chunks(len(ids_list), self.generation_batch_size)):
             ids, mask = left_pad([ids_list[int(i)] for i in idx], tok.pad_token_id)
             try:
                 rollouts.append(sample(
                     self.model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                     max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                    top_p=self.top_p, seed=base_seed + j, use_cache=self.use_cache,
+                    top_p=self.top_p, seed=seed + j, use_cache=self.use_cache,
                 ))
             except RuntimeError as exc:
                 if "inf" in str(exc) or "nan" in str(exc):
@@ -334,9 +340,66 @@ class OnlineObjective(ReferenceObjective):
                     ) from None
                 raise
         rollout = _concat(rollouts, tok.pad_token_id)
-        self._generation_s = time.perf_counter() - t0
         completions = decode_responses(tok, rollout)
         scores, parts = self.reward.score(prompts, completions, has_eos=rollout.has_eos.cpu())
+        return rollout, prompts, completions, self.shape_scores(scores, rollout), parts
+
+    def _refill(self, step: int, first: tuple) -> tuple:
+        """DAPO's dynamic sampling: keep the groups whose scores are not all equal and sample the
+        groups of more prompts (up to ``refill_rounds`` extra rounds, each a seeded draw of
+        ``data.batch_size`` prompts, a function of (seed, rank, step, round)) until the batch holds
+        ``data.batch_size`` such groups. Short of that, zero-variance groups fill the rest (they
+        carry no policy gradient). Sets ``self._sampling_metrics``."""
+        g, b = self.group_size, self.prompts_per_step
+        kept: list[tuple] = []  # (sampled round, group index within it)
+        dropped: list[tuple] = []
+        rounds = [first]
+        n_kept = 0
+        r = 0
+        while True:
+            informative = nonconstant_groups(rounds[r][3], g)
+            for k, ok in enumerate(informative.tolist()):
+                (kept if ok else dropped).append((r, k))
+            n_kept = len(kept)
+            if n_kept >= b or r >= self.refill_rounds:
+                break
+            r += 1
+            gen = torch.Generator().manual_seed((self.seed * 7919 + step) * 1009 + r)
+            extra = [self.prompts[int(i)] for i in torch.randint(len(self.prompts), (b,), generator=gen)]
+            seed = (rollout_seed(self.seed, self.global_rank, step) * 31 + r * 1_000_000_007) % (2**63 - 1)
+            rounds.append(self._sample_and_score(extra, seed, step))
+        chosen = (kept + dropped)[:b]
+        self._sampling_metrics = {
+            "dynamic_sampling/extra_rounds": float(r),
+            "dynamic_sampling/dropped_groups": float(len(dropped)),
+            # zero-variance groups left in the batch because the extra rounds ran out
+            "dynamic_sampling/filled_zero_std": float(max(0, b - n_kept)),
+        }
+        parts_of = []
+        for r_i, k in chosen:
+            rollout, prompts, completions, scores, parts = rounds[r_i]
+            rows = torch.arange(k * g, (k + 1) * g)
+            parts_of.append((
+                rollout.select(rows.to(rollout.response_ids.device)), prompts[k * g:(k + 1) * g],
+                completions[k * g:(k + 1) * g], scores[rows.to(scores.device)],
+                {name: v[rows.to(v.device)] for name, v in parts.items()},
+            ))
+        rollout = _concat([p[0] for p in parts_of], self.tokenizer.pad_token_id)
+        return (
+            rollout, [x for p in parts_of for x in p[1]], [x for p in parts_of for x in p[2]],
+            torch.cat([p[3] for p in parts_of]),
+            {name: torch.cat([p[4][name] for p in parts_of]) for name in first[4]},
+        )
+
+    @torch.no_grad()
+    def make_experience(self, step: int) -> Experience:
+        """Sample, score and evaluate one iteration's rollouts (steps 1-3 of the module docstring)."""
+        t0 = time.perf_counter()
+        sampled = self._sample_and_score(self.prompt_batch(step), rollout_seed(self.seed, self.global_rank, step), step)
+        if self.refill_rounds > 0:
+            sampled = self._refill(step, sampled)
+        rollout, prompts, completions, scores, parts = sampled
+        self._generation_s = time.perf_counter() - t0
         old, ent, ref = [], [], []
         for idx in self._chunks(len(prompts), self.micro_batch_size):
             sub = rollout.select(idx.to(rollout.response_ids.device))
@@ -374,6 +437,7 @@ class OnlineObjective(ReferenceObjective):
         exp = self.make_experience(step)
         t_rollout = time.perf_counter() - t0
         metrics = dict(self.compute_advantages(exp))
+        metrics.update(self._sampling_metrics)
         opt = self.optimizers()
         n = len(exp)
         g = torch.Generator().manual_seed(rollout_seed(self.seed, self.global_rank, step) ^ 0x5EED)
