@@ -1,4 +1,4 @@
-"""Online RL (objective=ppo | grpo | rloo): rollouts, the training loop, metrics, resume, divergence.
+"""Online RL (objective=ppo | grpo | rloo | dapo | gspo | reinforce_pp): rollouts, the training loop, metrics, resume, divergence.
 
 Everything trains for real on a 1-layer model for a handful of iterations (seconds each); the
 proofs that these objectives *align* are in test_rl_aligns.py.
@@ -7,6 +7,7 @@ proofs that these objectives *align* are in test_rl_aligns.py.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import mlflow
 import pytest
@@ -369,6 +370,13 @@ def test_diverged_weights_stop_training_with_a_message(tmp_path):
         (["objective=ppo", "trainer.max_steps=-1", "trainer.max_epochs=1"], r"set trainer.max_steps to a positive number"),
         (["objective=rloo", "objective.precompute_ref_logps=true"], r"precompute_ref_logps is not possible for objective=rloo"),
         (["objective=ppo", "resume=/nonexistent/run"], r"resume=/nonexistent/run: no checkpoint at"),
+        (["objective=grpo", "objective.scale_rewards=mad"], r"scale_rewards='mad' is not valid. Valid: std, batch, none$"),
+        (["objective=gspo", "objective.importance_sampling_level=seq"],
+         r"importance_sampling_level='seq' is not valid. Valid: token, sequence$"),
+        (["objective=dapo", "objective.overlong_buffer_len=7"], r"overlong_buffer_len must be in \[0, objective.max_new_tokens=6\]"),
+        (["objective=dapo", "objective.dynamic_sampling_rounds=-1"], r"dynamic_sampling_rounds must be >= 0"),
+        (["objective=dapo", "objective.clip_range_high=-0.1"], r"clip_range_high must be >= 0 or null"),
+        (["objective=reinforce_pp", "+objective.scale_rewards=batch"], r"unknown key 'objective.scale_rewards'"),
     ],
 )
 def test_bad_online_config_fails_before_any_run_naming_the_key(tmp_path, overrides, message):
@@ -403,3 +411,54 @@ def test_ppo_ptx_and_the_missing_eos_penalty(tmp_path):
         rows += [dict(zip(table["columns"], r)) for r in table["data"]]
     assert len(rows) == 12 and any(not r["has_eos"] for r in rows)
     assert all(r["reward"] == -1.0 for r in rows if not r["has_eos"])
+
+
+# -- the GRPO family: DAPO, GSPO, REINFORCE++, scale_rewards=batch ---------------------------------
+@pytest.mark.parametrize("overrides", [
+    ["objective=dapo"], ["objective=gspo"], ["objective=reinforce_pp"], ["objective=grpo", "objective.scale_rewards=batch"],
+])
+def test_grpo_family_objectives_train_and_log_their_metrics(tmp_path, overrides):
+    job = train(_rl(tmp_path, *overrides))
+    assert _run(job).info.status == "FINISHED"
+    for key in GROUP_METRICS | {"objective/kl", "objective/scores", "loss/policy_avg"}:
+        assert len(_history(job, key)) == 3, key
+    assert all(0 <= m < 1e-4 for m in _history(job, "policy/logprob_mismatch"))
+    assert all(math.isfinite(v) for v in _history(job, "loss/policy_avg"))
+    if overrides == ["objective=dapo"]:
+        for key in ("dynamic_sampling/extra_rounds", "dynamic_sampling/dropped_groups", "objective/overlong_penalty"):
+            assert len(_history(job, key)) == 3, key
+        assert all(0 <= r <= 3 for r in _history(job, "dynamic_sampling/extra_rounds"))  # the preset's cap
+    if overrides == ["objective=reinforce_pp"]:
+        assert len(_history(job, "objective/rlhf_reward")) == 3
+
+
+def test_dynamic_sampling_drops_constant_groups_and_refills_the_batch(tmp_path):
+    """The gold reward scores most of an untrained model's groups all 0 (measured: 1.0, 1.0, 0.5 of
+    the groups without dynamic sampling): with it, those groups are dropped and more prompts sampled
+    until the batch holds data.batch_size groups whose rewards differ, or the rounds run out."""
+    plain = train(_rl(tmp_path, "objective=grpo", "data.batch_size=2", name="plain"))
+    job = train(_rl(tmp_path, "objective=grpo", "data.batch_size=2", "objective.dynamic_sampling_rounds=6", name="dyn"))
+    assert max(_history(plain, "frac_reward_zero_std")) > 0  # constant groups exist without it
+    rounds = _history(job, "dynamic_sampling/extra_rounds")
+    dropped = _history(job, "dynamic_sampling/dropped_groups")
+    filled = _history(job, "dynamic_sampling/filled_zero_std")
+    assert all(0 <= r <= 6 for r in rounds) and max(rounds) > 0 and max(dropped) > 0
+    # the trained batch: every group whose rewards all equal is one the rounds could not replace
+    assert _history(job, "frac_reward_zero_std") == [f / 2 for f in filled]
+    assert min(filled) == 0
+    for r, d, f in zip(rounds, dropped, filled):
+        # every sampled group (2 per round) was either dropped or kept, and at least 2 - f were kept
+        assert d + (2 - f) <= 2 * (1 + r)
+        if r > 0:
+            assert d > 0  # extra rounds only when something was dropped
+
+
+def test_overlong_shaping_adds_the_length_penalty_to_the_reward(tmp_path):
+    """overlong_buffer_len = max_new_tokens = 6, factor 1: the penalty is -|y| / 6 for every completion,
+    so its batch mean is -mean_length / 6 and the reward learnt from is the gold reward plus it."""
+    job = train(_rl(tmp_path, "objective=grpo", "objective.overlong_buffer_len=6"))
+    lengths = _history(job, "completions/mean_length")
+    penalty = _history(job, "objective/overlong_penalty")
+    assert penalty == pytest.approx([-n / 6 for n in lengths], abs=1e-6)
+    gold = _history(job, "reward/gold")
+    assert _history(job, "reward") == pytest.approx([g + p for g, p in zip(gold, penalty)], abs=1e-6)
