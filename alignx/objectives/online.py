@@ -6,7 +6,9 @@ one *iteration*:
 1. take ``data.batch_size`` prompts (a seeded permutation per epoch, a function of the step) and
    sample ``group_size`` completions each with :func:`alignx.generation.sample` (KV cache, seeded
    per rank and step, cut after EOS);
-2. score them with the ``reward`` config group (a missing EOS can get a fixed penalty);
+2. score them with the ``reward`` config group (a missing EOS can get a fixed penalty; GRPO may
+   shape the scores and, with dynamic sampling, replace groups whose scores are all equal by the
+   groups of more prompts, see ``docs/online_rl.md`` ("The GRPO family"));
 3. with no gradient: log-probs of the sampled tokens under the policy and the reference (logits
    divided by the sampling temperature), plus what the algorithm needs (PPO: values);
 4. the algorithm turns that into advantages (:meth:`compute_advantages`);
@@ -69,6 +71,10 @@ ONLINE_KEYS = frozenset({
     "micro_batch_size", "generation_batch_size", "clip_range", "beta", "kl_estimator", "precompute_ref_logps",
     "log_samples_every_n_steps", "num_logged_samples", "use_cache",
 })
+
+
+#: one round of sampled and scored groups: (rollout, prompts, completions, scores [N], score parts)
+Sampled = tuple[Rollout, list[str], list[str], torch.Tensor, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -315,7 +321,7 @@ class OnlineObjective(ReferenceObjective):
         DAPO's overlong penalty). Applied before dynamic sampling looks at the groups."""
         return scores
 
-    def _sample_and_score(self, items: list[dict], seed: int, step: int) -> tuple[Rollout, list[str], list[str], torch.Tensor, dict[str, torch.Tensor]]:
+    def _sample_and_score(self, items: list[dict], seed: int, step: int) -> Sampled:
         """``group_size`` completions of each prompt in ``items``, sampled from ``seed`` and scored:
         (rollout, prompts, completions, scores [N], score parts)."""
         tok = self.tokenizer
@@ -344,15 +350,15 @@ class OnlineObjective(ReferenceObjective):
         scores, parts = self.reward.score(prompts, completions, has_eos=rollout.has_eos.cpu())
         return rollout, prompts, completions, self.shape_scores(scores, rollout), parts
 
-    def _refill(self, step: int, first: tuple) -> tuple:
+    def _refill(self, step: int, first: Sampled) -> Sampled:
         """DAPO's dynamic sampling: keep the groups whose scores are not all equal and sample the
         groups of more prompts (up to ``refill_rounds`` extra rounds, each a seeded draw of
-        ``data.batch_size`` prompts, a function of (seed, rank, step, round)) until the batch holds
+        ``data.batch_size`` distinct prompts, a function of (seed, step, round)) until the batch holds
         ``data.batch_size`` such groups. Short of that, zero-variance groups fill the rest (they
         carry no policy gradient). Sets ``self._sampling_metrics``."""
         g, b = self.group_size, self.prompts_per_step
-        kept: list[tuple] = []  # (sampled round, group index within it)
-        dropped: list[tuple] = []
+        kept: list[tuple[int, int]] = []  # (sampling round, group index within it)
+        dropped: list[tuple[int, int]] = []
         rounds = [first]
         n_kept = 0
         r = 0
@@ -365,7 +371,7 @@ class OnlineObjective(ReferenceObjective):
                 break
             r += 1
             gen = torch.Generator().manual_seed((self.seed * 7919 + step) * 1009 + r)
-            extra = [self.prompts[int(i)] for i in torch.randint(len(self.prompts), (b,), generator=gen)]
+            extra = [self.prompts[int(i)] for i in torch.randperm(len(self.prompts), generator=gen)[:b]]
             seed = (rollout_seed(self.seed, self.global_rank, step) * 31 + r * 1_000_000_007) % (2**63 - 1)
             rounds.append(self._sample_and_score(extra, seed, step))
         chosen = (kept + dropped)[:b]
