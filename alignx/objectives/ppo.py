@@ -48,12 +48,14 @@ from alignx.objectives.online import (
     check_finite,
 )
 from alignx.ops.rl import (
+    SCORE_NORMS,
     AdaptiveKLController,
     FixedKLController,
     explained_variance,
     gae,
     kl_estimate,
     masked_whiten,
+    normalize_scores,
     per_token_rewards,
     zero_masked,
 )
@@ -67,7 +69,7 @@ class PPO(OnlineObjective):
     name: ClassVar[str] = "ppo"
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {
         "gamma", "lam", "vf_coef", "value_clip_range", "whiten_rewards", "adaptive_kl", "kl_target",
-        "kl_horizon", "value_model", "ptx_coef",
+        "kl_horizon", "value_model", "ptx_coef", "score_norm",
     }
     progress_keys = ("objective/scores", "objective/kl")
 
@@ -90,6 +92,8 @@ class PPO(OnlineObjective):
             )
         if str(cls.option(cfg, "value_model")) not in VALUE_MODELS:
             raise ConfigError(f"objective.value_model='{cls.option(cfg, 'value_model')}' is not valid. Valid: {', '.join(VALUE_MODELS)}")
+        if str(cls.option(cfg, "score_norm")) not in SCORE_NORMS:
+            raise ConfigError(f"objective.score_norm='{cls.option(cfg, 'score_norm')}' is not valid. Valid: {', '.join(SCORE_NORMS)}")
 
     @classmethod
     def auxiliary_kinds(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
@@ -164,7 +168,9 @@ class PPO(OnlineObjective):
             mask = exp.mask
             kl = zero_masked(kl_estimate(exp.old_logps, exp.ref_logps, self.kl_estimator), mask)
             beta = self.kl_ctl.value
-            rewards, non_score = per_token_rewards(exp.scores, kl, mask, beta)
+            # the score as the returns see it (objective/scores keeps logging the raw one)
+            scores = normalize_scores(exp.scores, str(self.opt("score_norm")))
+            rewards, non_score = per_token_rewards(scores, kl, mask, beta)
             if bool(self.opt("whiten_rewards")):
                 rewards = masked_whiten(rewards, mask, shift_mean=False)
             advantages, returns = gae(rewards, values, mask, float(self.opt("gamma")), float(self.opt("lam")))

@@ -315,3 +315,33 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, facto
     expected = max_len - buffer_len
     penalty = ((expected - lengths) / buffer_len).clamp(min=-1.0, max=0.0)
     return factor * penalty
+
+
+SCORE_NORMS: tuple[str, ...] = ("none", "center", "whiten")
+
+
+def normalize_scores(scores: torch.Tensor, kind: str = "center", eps: float = 1e-8) -> torch.Tensor:
+    """Sequence scores [B] normalised over the batch before they enter PPO's per-token reward.
+
+    - ``none``: unchanged;
+    - ``center``: ``s - mean(s)``. With γ = 1 every completion receives its score exactly once, so
+      subtracting one constant from all of them changes no policy's ranking (a baseline); what it
+      changes is the start of training, where a value head initialised at 0 then already predicts
+      the mean return instead of being ``mean(s)`` off on every token;
+    - ``whiten``: ``(s - mean(s)) / sqrt(var(s) + eps)`` (Bessel-corrected variance, as
+      :func:`masked_whiten`), which also puts the score in units of its batch standard deviation,
+      so the KL coefficient β is then relative to that spread.
+
+    A batch of one has no spread: ``center`` gives 0, ``whiten`` 0 too (never NaN).
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be [B], got shape {tuple(scores.shape)}")
+    if kind == "none":
+        return scores
+    if kind not in SCORE_NORMS:
+        raise ValueError(f"unknown score normalisation {kind!r}; valid: {', '.join(SCORE_NORMS)}")
+    centred = scores - scores.mean()
+    if kind == "center":
+        return centred
+    var = scores.var() if scores.numel() > 1 else torch.zeros((), dtype=scores.dtype, device=scores.device)
+    return centred * torch.rsqrt(var + eps)
