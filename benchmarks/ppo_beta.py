@@ -11,7 +11,9 @@ Variants (``--variants``):
 
 - ``before``: PPO as it was configured before the fix (``objective.score_norm=none``, which puts
   the raw gold score in ``[0, 1]`` in front of a value head that starts at 0);
-- ``after``: PPO at its current defaults (``conf/objective/ppo.yaml``).
+- ``after``: PPO at its current defaults (``conf/objective/ppo.yaml``);
+- the other candidates measured while choosing (``center``, ``whiten``, ``whiten_rewards``) and
+  the same two at lr 1e-4 (``before_lr1e-4``, ``after_lr1e-4``): opt-in with ``--variants``.
 
 Each finished run is appended as one JSON line to ``--jsonl`` (so an interrupted sweep keeps what
 it measured, and a rerun skips the runs already there); the markdown table is rewritten from that
@@ -43,6 +45,9 @@ VARIANTS = {
     "center": ["objective.score_norm=center"],
     "whiten": ["objective.score_norm=whiten"],
     "whiten_rewards": ["objective.score_norm=none", "objective.whiten_rewards=true"],
+    # a smaller policy step: the proof's lr 3e-4 moves the policy ~6 nats of KL in its first iteration
+    "before_lr1e-4": ["objective.score_norm=none", "optim.lr=1e-4"],
+    "after_lr1e-4": ["optim.lr=1e-4"],
 }
 #: the sentiment proof's settings (tests/test_rl_aligns.py)
 PROOF = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "scheduler=linear",
@@ -89,8 +94,11 @@ def report(rows: list[dict], sft: dict, threads: str) -> str:
         f"Written by `benchmarks/ppo_beta.py` on {platform.machine()} CPU, OMP_NUM_THREADS={threads}. From the quickstart "
         f"SFT model (held-out sampled gold **{base:.3f}**, greedy {sft['eval/gold_reward_greedy']:.3f}), PPO with the "
         "sentiment proof's settings (20 iterations x 32 rollouts, lr 3e-4 linear to 0). Per run: held-out sampled gold "
-        "reward (64 prompts) / KL from the SFT model at the end, in nats per completion. `before` = "
-        f"`{' '.join(VARIANTS['before'])}` (the old behaviour); `after` = the current defaults.",
+        "reward (64 prompts) / KL from the SFT model at the end, in nats per completion. Seeds change the "
+        "training and the evaluation's sampling seed (the SFT figure is at seed 0). Variants (overrides on top):",
+        "",
+        *[f"- `{name}`: `{' '.join(VARIANTS[name]) or '(the current defaults)'}`"
+          for name in VARIANTS if any(r["variant"] == name for r in rows)],
         "",
         "| variant | beta | per seed: gold / KL | mean gold | mean KL | runs above SFT |",
         "|---|---|---|---|---|---|",

@@ -10,7 +10,9 @@ which states each one with its formula), and where each lives:
 4/5. truncation after the first EOS, padding ignored; a missing EOS can score
      ``reward.missing_eos_penalty``: :func:`~alignx.ops.rl.truncate_after_eos`, :class:`~alignx.rewards.combine.Reward`
 6.   per-token ``-β·KL_t`` (``objective.kl_estimator`` k1 | k3) plus the score at the last token:
-     :func:`~alignx.ops.rl.per_token_rewards`
+     :func:`~alignx.ops.rl.per_token_rewards`, the score first normalised over the batch
+     (``score_norm``: :func:`~alignx.ops.rl.normalize_scores`; why: ``docs/online_rl.md``,
+     "Why PPO centres its scores")
 7.   optional reward whitening (``whiten_rewards``), advantage whitening always: ``masked_whiten``
 8.   GAE (``gamma``, ``lam``): :func:`~alignx.ops.rl.gae`
 9/10. clipped policy and value losses, ``vf_coef``: :mod:`alignx.losses.policy_gradient`
@@ -18,7 +20,8 @@ which states each one with its formula), and where each lives:
 12.  value model from the reward model (``value_model=reward``) or a zero-initialised head on a
      copy of the policy (``policy``); ``auto`` picks the RM when ``reward`` has one
 13.  fixed or adaptive KL controller (``adaptive_kl``, ``kl_target``, ``kl_horizon``)
-14.  linear LR annealing to 0 (``scheduler=linear``, the PPO presets' choice), AdamW eps 1e-5
+14.  linear LR annealing to 0 and AdamW eps 1e-5: the ``rlhf_ppo`` preset's choice (``scheduler``
+     and ``optim`` groups; plain ``objective=ppo`` uses them as configured)
 15.  seeds differ per rank: :func:`~alignx.generation.rollout_seed`
 16.  PPO-ptx: ``ptx_coef`` · NLL of the dataset's demonstrations added to every minibatch
 """
