@@ -462,3 +462,33 @@ def test_overlong_shaping_adds_the_length_penalty_to_the_reward(tmp_path):
     assert penalty == pytest.approx([-n / 6 for n in lengths], abs=1e-6)
     gold = _history(job, "reward/gold")
     assert _history(job, "reward") == pytest.approx([g + p for g, p in zip(gold, penalty)], abs=1e-6)
+
+
+# -- proofs: each member of the family raises the gold reward on builtin sentiment ----------------
+PROOF = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "scheduler=linear",
+         "scheduler.num_warmup_steps=0", "eval.num_prompts=64", "objective.log_samples_every_n_steps=0",
+         "dataset=sentiment", "trainer.max_steps=20", "optim.lr=3e-4", "data.batch_size=16",
+         "objective.mini_batch_size=16"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["dapo", "gspo", "reinforce_pp"])
+def test_grpo_family_from_sft_raises_gold_reward_on_sentiment(sentiment_sft, tmp_path, objective):
+    """20 iterations of each preset from the session's SFT model (held-out sampled gold 0.412,
+    greedy 0.530), evaluated on the same 64 held-out prompts with the same sampling seed.
+
+    Measured with one intra-op thread, seeds 0 / 1 / 2, held-out sampled gold reward (greedy):
+    dapo 0.827 / 0.633 / 0.711 (0.982 / 0.784 / 0.881), gspo 0.696 / 0.662 / 0.716 (0.982 / 0.982 /
+    0.973), reinforce_pp 0.740 / 0.675 / 0.719 (0.982 / 0.881 / 0.982); KL to the SFT model 6-21.
+    Smallest gain +0.22 against the 0.1 required (greedy: +0.25 against 0.15). dapo seed 0 with two
+    intra-op threads: 0.832 (greedy 0.982).
+    """
+    job = train(compose([*PROOF, "model=hf", f"model.name_or_path={sentiment_sft.model_dir}", f"objective={objective}",
+                         f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}"]))
+    before, after = sentiment_sft.metrics, job.metrics
+    rewards = _history(job, "reward")
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5  # the rollouts it trains on get better ...
+    # ... and so do its samples on held-out prompts, at a KL from the SFT model
+    assert after["eval/gold_reward_sampled"] > before["eval/gold_reward_sampled"] + 0.1
+    assert after["eval/gold_reward_greedy"] > before["eval/gold_reward_greedy"] + 0.15
+    assert after["eval/kl_to_reference"] > 0.05
