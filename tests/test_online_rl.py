@@ -480,8 +480,8 @@ def test_grpo_family_from_sft_raises_gold_reward_on_sentiment(sentiment_sft, tmp
     Measured with one intra-op thread, seeds 0 / 1 / 2, held-out sampled gold reward (greedy):
     dapo 0.827 / 0.633 / 0.711 (0.982 / 0.784 / 0.881), gspo 0.696 / 0.662 / 0.716 (0.982 / 0.982 /
     0.973), reinforce_pp 0.740 / 0.675 / 0.719 (0.982 / 0.881 / 0.982); KL to the SFT model 6-21.
-    Smallest gain +0.22 against the 0.1 required (greedy: +0.25 against 0.15). dapo seed 0 with two
-    intra-op threads: 0.832 (greedy 0.982).
+    Smallest gain +0.22 against the 0.1 required (greedy: +0.25 against 0.15). Seed 0 with two
+    intra-op threads: dapo 0.832, gspo 0.696, reinforce_pp 0.740 (greedy 0.982 each).
     """
     job = train(compose([*PROOF, "model=hf", f"model.name_or_path={sentiment_sft.model_dir}", f"objective={objective}",
                          f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}"]))
