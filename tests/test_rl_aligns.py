@@ -55,7 +55,7 @@ def test_ppo_from_sft_raises_gold_reward_on_sentiment(sentiment_sft, tmp_path):
     required), greedy 0.827 / 0.881 / 0.881 (SFT 0.530: +0.30 at least against 0.15), KL from the
     SFT model 3.2-5.4 nats. At lr 3e-4 the first iteration alone moves the policy 6-7 nats and one
     run in three fell below the SFT model at beta 0.3, with raw or centred scores
-    (docs/online_rl.md, "Why PPO centres its scores, and what else made it fragile").
+    (docs/online_rl.md, "Why PPO centres its scores").
     """
     job = _from_sft(sentiment_sft, tmp_path, "sentiment", "objective=ppo", "trainer.max_steps=20", "optim.lr=1e-4",
                     "objective.beta=0.03")
