@@ -1,6 +1,12 @@
 """Small, pure tensor operations shared by objectives and evaluation."""
 
+from alignx.ops.chunked import (
+    chunked_token_logprobs,
+    cross_entropy_from_hidden,
+    sequence_logps_from_hidden,
+)
 from alignx.ops.logprobs import (
+    IGNORE_INDEX,
     masked_mean,
     masked_sum,
     shift_for_next_token,
@@ -21,9 +27,12 @@ from alignx.ops.rl import (
 )
 
 __all__ = [
+    "IGNORE_INDEX",
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
+    "chunked_token_logprobs",
+    "cross_entropy_from_hidden",
     "entropy_from_logits",
     "gae",
     "kl_estimate",
@@ -33,6 +42,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "per_token_rewards",
+    "sequence_logps_from_hidden",
     "shift_for_next_token",
     "token_logprobs",
     "truncate_after_eos",
