@@ -105,14 +105,22 @@ def _hydra_train(argv: Sequence[str]) -> int:
     @hydra.main(config_path=str(conf_dirs()[0][2]), config_name=PRIMARY_CONFIG, version_base="1.3")
     def task(cfg: DictConfig) -> float | list[float] | None:
         from alignx.config import validate
+        from alignx.config.early import check_objective_keys_static, check_targets_static
         from alignx.data.sources import check_files
         from alignx.errors import JobInterrupted, TrainingDiverged
+        from alignx.registry import load_plugins
 
         if not cfg.get("pipeline") and HydraConfig.get().mode == RunMode.RUN:
-            # the checks that need no library first: a typo answers before torch and Lightning load
+            # the checks that need no library first: a typo answers before torch and Lightning load.
+            # What needs the objective's class or a _target_'s module is read from their source;
+            # anything the source does not decide is left to the job's own checks after importing
             try:
                 validate(cfg, imports=False)
+                registry = load_plugins()
+                check_targets_static(cfg)
+                check_objective_keys_static(cfg, registry)
                 check_files(cfg.dataset)
+                _check_rows(cfg, registry)
             except AlignxError as exc:
                 _log_to_file(exc)
                 _print_error(str(exc))
@@ -144,6 +152,38 @@ def _hydra_train(argv: Sequence[str]) -> int:
     sys.argv = [sys.argv[0], *argv]
     task()
     return 0
+
+
+#: files up to this size are validated row by row before the training stack loads (about a second
+#: of reading); the job validates bigger ones as it loads them, so they are not read twice up front
+EARLY_ROW_CHECK_BYTES = 32 * 2**20
+
+
+def _check_rows(cfg: Any, registry: Any) -> None:
+    """Row-level data errors of a ``jsonl``/``parquet`` dataset before torch and Lightning load:
+    the dataset loader's own validation of the train (and ``val_path``) rows, in the order the job
+    reads them, when the objective's row kind is known from its source
+    (:func:`alignx.config.early.static_row_kind`), ``data.invalid_rows=error`` and the files are
+    small; otherwise the job finds them as it loads the rows."""
+    from alignx.config.early import static_row_kind
+    from alignx.data.formats import collect_invalid_rows
+    from alignx.data.sources import SPLITS, _path_locator
+
+    source = str(cfg.dataset.get("source"))
+    if source not in ("jsonl", "parquet") or str(cfg.data.get("invalid_rows")) != "error":
+        return
+    locate = _path_locator(cfg.dataset)
+    files = [p for split in SPLITS[:2] for p in locate(split) or []]
+    if sum(p.stat().st_size for p in files if p.is_file()) > EARLY_ROW_CHECK_BYTES:
+        return
+    kind = static_row_kind(cfg, registry)
+    if kind is None:
+        return
+    loader = registry.get("dataset", source)
+    with collect_invalid_rows("error"):
+        loader(cfg.dataset, kind, "train", int(cfg.seed))
+        if cfg.dataset.get("val_path") is not None:
+            loader(cfg.dataset, kind, "val", int(cfg.seed))
 
 
 def _print_summary(job) -> None:

@@ -15,7 +15,7 @@ from alignx.config.glue import (
     config_groups,
     register_search_path,
 )
-from alignx.config.keys import check_known_keys, show_value
+from alignx.config.keys import check_known_keys, objective_keys, show_value
 from alignx.config.schema import (
     ADAPTER_SCHEMAS,
     MODEL_SCHEMAS,
@@ -38,5 +38,5 @@ __all__ = [
     "AlignxSearchPathPlugin", "CheckpointSchema", "DataSchema", "EvalSchema", "OptimSchema", "SaveSchema",
     "SchedulerSchema", "TrainerSchema", "check_group_choices", "check_known_keys", "check_node", "check_override_keys",
     "check_required", "check_strategy", "check_target", "check_targets", "check_value", "compose", "config_groups",
-    "missing_extra", "register_search_path", "show_value", "validate",
+    "missing_extra", "objective_keys", "register_search_path", "show_value", "validate",
 ]

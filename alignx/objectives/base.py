@@ -27,13 +27,15 @@ import lightning as L
 import torch
 
 from alignx.checkpoint import rng_state, set_rng_state
-from alignx.config import check_known_keys
+from alignx.config import check_known_keys, objective_keys
 from alignx.data.batching import collate_sft
 from alignx.data.module import AlignDataModule
 from alignx.data.tokenize import encode_sft_row
+from alignx.errors import ConfigError
 from alignx.losses.preference import sequence_logps
 from alignx.models.adapters import is_peft
 from alignx.models.reference import PrecomputeReferenceLogps
+from alignx.registry import load_plugins
 
 
 class Objective(L.LightningModule):
@@ -46,6 +48,11 @@ class Objective(L.LightningModule):
     #: keys the objective's config node may hold (besides ``name``), each with its default in the
     #: objective's YAML; checked before any work. None: undeclared (nothing is checked)
     config_keys: ClassVar[frozenset[str] | None] = None
+    #: ``{key: registry kind}``: the objective's node also holds the options of the component
+    #: ``objective.<key>`` selects (the registered object's ``options``), e.g. DPO's
+    #: ``{"loss": "preference_loss"}``; declared here, not computed in an override, so the command
+    #: line applies the same rule from source before importing the objective
+    option_keys_from: ClassVar[Mapping[str, str]] = {}
     #: the trained model is a policy, so evaluation samples completions from it; False for a
     #: scorer (a reward model), which evaluation instead scores on held-out rows of :attr:`eval_kind`
     generates_text: ClassVar[bool] = True
@@ -182,10 +189,22 @@ class Objective(L.LightningModule):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Fail before any work on a config this objective cannot run (``cfg`` is the whole job
-        config). Default: objective keys outside :attr:`config_keys` (when declared) are
-        named with the closest valid one. Subclasses extend it and call ``super()``."""
-        if cls.config_keys is not None:
-            check_known_keys([str(k) for k in cfg.objective.keys()], cls.config_keys | {"name"}, "objective.")
+        config). Default: objective keys outside :attr:`config_keys`, ``name`` and the options
+        of the components :attr:`option_keys_from` selects (when :attr:`config_keys` is declared)
+        are named with the closest valid one (:func:`alignx.config.objective_keys`). Subclasses
+        extend it and call ``super().check_config(cfg)`` as a statement of its own: the command
+        line then runs the same key check before importing the objective."""
+        if cls.config_keys is None:
+            return
+        node = cfg.objective
+        allowed = objective_keys(node, cls.config_keys, cls.option_keys_from, _registered_options)
+        if allowed is None:
+            unset = next(k for k in cls.option_keys_from if node.get(k) is None)
+            raise ConfigError(
+                f"objective.{unset} must be set: it selects the {cls.option_keys_from[unset]} whose options "
+                f"objective={cls.name} reads"
+            )
+        check_known_keys([str(k) for k in node.keys()], allowed, "objective.")
 
     @classmethod
     def stages(cls, cfg: Any) -> list[dict] | None:
@@ -286,6 +305,11 @@ class JobContext:
     outputs_root: Any = None
     #: extra encoded rows an objective asked for (see :meth:`Objective.auxiliary_kinds`)
     auxiliary: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def _registered_options(kind: str, name: str) -> tuple[str, ...]:
+    """The config options of registered component ``name`` of ``kind`` (see :attr:`Objective.option_keys_from`)."""
+    return tuple(load_plugins().get(kind, name).options)
 
 
 def _call_accepted(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -13,7 +13,6 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from alignx.config import check_known_keys
 from alignx.data.batching import collate_pairs
 from alignx.data.tokenize import encode_pair
 from alignx.errors import ConfigError, PluginError
@@ -72,6 +71,8 @@ class DPO(ReferenceObjective):
     config_keys: ClassVar[frozenset[str]] = frozenset(
         {"loss", "beta", "label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logps"}
     )
+    #: the node also holds the options of the selected preference loss (its keyword parameters)
+    option_keys_from: ClassVar[Mapping[str, str]] = {"loss": "preference_loss"}
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         self.loss_type = str(required(cfg, ["loss"], "the preference loss")["loss"])
@@ -91,7 +92,7 @@ class DPO(ReferenceObjective):
         set, and the loss accepts their values (a one-pair dry run of it)."""
         node = cfg.objective
         spec = preference_loss(str(required(node, ["loss"], "the preference loss")["loss"]))
-        check_known_keys([str(k) for k in node.keys()], cls.config_keys | set(spec.options) | {"name"}, "objective.")
+        super().check_config(cfg)  # only DPO's keys and the loss's options (option_keys_from)
         options = loss_options(spec, node)
         try:
             spec(spec.example_inputs(), options)
