@@ -156,7 +156,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, templated: bool = 
 
 
 @torch.no_grad()
-def generate(
+def generate_rollouts(
     model: torch.nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -169,14 +169,18 @@ def generate(
     batch_size: int = 64,
     seed: int = 0,
     prompt_is_templated: bool = False,
-) -> list[str]:
-    """Complete each prompt; returns only the new text (special tokens stripped), cut at EOS.
+) -> tuple[list[str], list[Rollout]]:
+    """Complete each prompt: the new text (special tokens stripped, cut at EOS) and, per batch of
+    ``batch_size`` prompts, the :class:`Rollout` it was decoded from.
 
-    Sampling is seeded without touching the global RNG, so evaluating mid-run does not change
-    the training trajectory.
+    The rollouts keep what the text loses (the EOS, special tokens, byte sequences that are not
+    valid UTF-8), so log-probs of exactly the sampled sequences can be taken. Sampling is seeded
+    in a forked RNG without touching the global one, so evaluating mid-run does not change the
+    training trajectory.
     """
     encoded = encode_prompts(tokenizer, prompts, templated=prompt_is_templated)
-    outputs: list[str] = []
+    texts: list[str] = []
+    rollouts: list[Rollout] = []
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
@@ -188,5 +192,12 @@ def generate(
                 max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                 top_k=top_k, top_p=top_p, seed=None,
             )
-            outputs.extend(decode_responses(tokenizer, rollout))
-    return outputs
+            texts.extend(decode_responses(tokenizer, rollout))
+            rollouts.append(rollout)
+    return texts, rollouts
+
+
+def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
+    """Complete each prompt; returns only the new text (the text half of :func:`generate_rollouts`,
+    which documents the keyword arguments)."""
+    return generate_rollouts(model, tokenizer, prompts, **kwargs)[0]

@@ -10,7 +10,7 @@ import torch
 
 from alignx.data.batching import collate_sft
 from alignx.data.tokenize import encode_prompt
-from alignx.generation import Rollout, decode_responses, encode_prompts, generate, left_pad, position_ids, sample
+from alignx.generation import Rollout, generate, generate_rollouts, position_ids
 from alignx.losses.preference import sequence_logps
 from alignx.losses.sft import sft_loss
 from alignx.ops.logprobs import IGNORE_INDEX, token_logprobs
@@ -110,28 +110,13 @@ def sample_rollouts(
     prompt_is_templated: bool = False,
     batch_size: int = 64,
 ) -> tuple[list[str], list[Rollout]]:
-    """Sampled completions as text and as the token ids they were drawn as (a Rollout per batch).
-
-    The same draws as :func:`alignx.generation.generate` with the same arguments (one seed in a
-    forked RNG, batches of ``batch_size``), so the texts equal its output. The ids keep what the
-    text loses (the EOS, special tokens, byte sequences that are not valid UTF-8), so log-probs
-    of exactly the sampled sequences can be taken (:func:`rollout_logps`).
-    """
-    encoded = encode_prompts(tokenizer, prompts, templated=prompt_is_templated)
-    texts: list[str] = []
-    rollouts: list[Rollout] = []
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(seed))
-        for i in range(0, len(encoded), batch_size):
-            ids, mask = left_pad(encoded[i : i + batch_size], tokenizer.pad_token_id)
-            rollout = sample(
-                model, ids, mask, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=None,
-            )
-            texts.extend(decode_responses(tokenizer, rollout))
-            rollouts.append(rollout)
-    return texts, rollouts
+    """Sampled completions as text and as the token ids they were drawn as (a Rollout per batch):
+    :func:`alignx.generation.generate_rollouts` without greedy decoding, so the texts equal what
+    :func:`alignx.generation.generate` returns for the same arguments."""
+    return generate_rollouts(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, seed=seed, prompt_is_templated=prompt_is_templated, batch_size=batch_size,
+    )
 
 
 @torch.no_grad()
