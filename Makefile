@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.alignx-installed
 # would pull several GB of CUDA packages on a CPU-only machine.
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# The suite runs on this many pytest-xdist workers, each with one intra-op thread: on 2 cores that
+# keeps both cores busy (the models in tests are too small for two threads to help one process)
+WORKERS ?= 2
 
 .PHONY: run test install clean
 
@@ -26,7 +29,7 @@ run: $(STAMP)
 	$(BIN)/alignx experiment=pipeline_sft_dpo $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests plugins --durations=25 $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest tests plugins -n $(WORKERS) --durations=25 $(ARGS)
 
 clean:
 	rm -rf outputs/runs outputs/sweeps outputs/mlflow.db outputs/mlartifacts outputs/cache

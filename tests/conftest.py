@@ -134,42 +134,59 @@ def pool():
         yield executor
 
 
+def shared_training(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: list[str]):
+    """Train ``overrides`` once per test session, however many pytest-xdist workers ask for it.
+
+    The first worker to take the lock trains and records the job in ``job.json``; the others wait
+    and read that record, so ``pytest -n 2`` trains each shared model once, not once per worker.
+    """
+    import fcntl
+    import json
+
+    from alignx.config import compose
+    from alignx.job.result import Job
+    from alignx.train import train
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's directory, shared by its workers
+    root = base / f"shared-{name}"
+    record = root / "job.json"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.exists():
+            data = json.loads(record.read_text())
+            return Job(metrics=data["metrics"], output_dir=Path(data["output_dir"]),
+                       model_dir=Path(data["model_dir"]), run_id=data["run_id"], tracking_uri=data["tracking_uri"])
+        job = train(compose([*overrides, "tracking=none", "trainer.enable_progress_bar=false",
+                             f"output_dir={root}", f"outputs_root={root}"]))
+        record.write_text(json.dumps({"metrics": job.metrics, "output_dir": str(job.output_dir),
+                                      "model_dir": str(job.model_dir), "run_id": job.run_id,
+                                      "tracking_uri": job.tracking_uri}))
+        return job
+
+
 @pytest.fixture(scope="session")
 def sentiment_sft(tmp_path_factory: pytest.TempPathFactory):
     """The README's main job (``experiment=quickstart``: 300 SFT steps of model=tiny on sentiment),
     trained once per session: the SFT-learnability check and the preference proofs start from it."""
-    from alignx.config import compose
-    from alignx.train import train
-
-    root = tmp_path_factory.mktemp("sentiment_sft")
-    return train(compose(["experiment=quickstart", "tracking=none", "trainer.enable_progress_bar=false",
-                          f"output_dir={root}", f"outputs_root={root}"]))
+    return shared_training(tmp_path_factory, "sentiment_sft", ["experiment=quickstart"])
 
 
 @pytest.fixture(scope="session")
 def arithmetic_sft(tmp_path_factory: pytest.TempPathFactory):
     """300 SFT steps of model=tiny on builtin arithmetic, trained once per session: the
     SFT-learnability check and the online-RL proofs start from it."""
-    from alignx.config import compose
-    from alignx.train import train
-
-    root = tmp_path_factory.mktemp("arithmetic_sft")
-    return train(compose(["dataset=arithmetic", "model=tiny", "trainer.max_steps=300", "tracking=none",
-                          "trainer.enable_progress_bar=false", "eval.num_prompts=64", f"output_dir={root}",
-                          f"outputs_root={root}"]))
+    return shared_training(tmp_path_factory, "arithmetic_sft", ["dataset=arithmetic", "model=tiny", "trainer.max_steps=300",
+                                                               "eval.num_prompts=64"])
 
 
 @pytest.fixture(scope="session")
 def sentiment_rm(tmp_path_factory: pytest.TempPathFactory):
     """A reward model trained on sentiment pairs with 10% flipped labels (150 steps), once per session:
     the RM proof checks its accuracy, the PPO-against-a-learned-RM proof optimises it."""
-    from alignx.config import compose
-    from alignx.train import train
-
-    root = tmp_path_factory.mktemp("sentiment_rm")
-    return train(compose(["dataset=sentiment", "tracking=none", "trainer.enable_progress_bar=false", "objective=rm",
-                          "dataset.label_noise=0.1", "trainer.max_steps=150", "data.batch_size=16", "optim.lr=1e-3",
-                          f"output_dir={root}", f"outputs_root={root}"]))
+    return shared_training(tmp_path_factory, "sentiment_rm", ["dataset=sentiment", "objective=rm", "dataset.label_noise=0.1",
+                                                             "trainer.max_steps=150", "data.batch_size=16", "optim.lr=1e-3"])
 
 
 # -- exact tensor checks for the pure-function tests ---------------------------------------------
