@@ -75,8 +75,8 @@ def check_objective_keys_static(cfg: DictConfig, registry: Registry) -> bool:
         return False
     if not all(calls_super_first_level(fn) for _, fn in owners[:-1]):
         return False
-    config_keys = class_attribute(target, "config_keys")
-    option_keys_from = class_attribute(target, "option_keys_from")
+    config_keys = class_attribute(target, "config_keys", stop=OBJECTIVE_BASE)
+    option_keys_from = class_attribute(target, "option_keys_from", stop=OBJECTIVE_BASE)
     if not isinstance(config_keys, frozenset) or not _str_mapping(option_keys_from):
         return False  # None (nothing checked) or unreadable
     try:
@@ -106,7 +106,7 @@ def static_row_kind(cfg: DictConfig, registry: Registry) -> str | None:
         owners = method_owners(target, method, stop=OBJECTIVE_BASE)
         if owners is None or [owner.target for owner, _ in owners] != [OBJECTIVE_BASE]:
             return None
-    kind = class_attribute(target, "data_kind")
+    kind = class_attribute(target, "data_kind", stop=OBJECTIVE_BASE)
     return kind if isinstance(kind, str) else None
 
 

@@ -401,27 +401,31 @@ def _base(ref: ClassRef, node: ast.ClassDef, depth: int) -> ClassRef | None:
     return base
 
 
-def _chain_definers(ref: ClassRef, attr: str, stop: str | None = None) -> list[tuple[ClassRef, ast.stmt]]:
-    """The classes along the chain that bind ``attr``, nearest first, up to the first class whose
-    base cannot be resolved (whose own body is still read), or up to the class ``stop`` names
-    (a ``module:Class`` target; ``""``: the first class binding ``attr``)."""
-    found: list[tuple[ClassRef, ast.stmt]] = []
-    depth = 0
+def _chain(ref: ClassRef, attr: str, stop: str | None) -> list[tuple[ClassRef, ast.ClassDef]]:
+    """``ref`` and its bases, nearest first, up to the class ``stop`` names (a ``module:Class``
+    target, trusted not to be changed by its own bases) or to a class deriving from ``object``
+    only; unknown when a base cannot be resolved first, or when something in the chain may set
+    ``attr`` outside a class body (see :func:`_checked_class`)."""
+    chain: list[tuple[ClassRef, ast.ClassDef]] = []
     current: ClassRef | None = ref
     while current is not None:
-        depth += 1
-        if depth > _MAX_DEPTH:
+        if len(chain) > _MAX_DEPTH:
             raise _Unknown
         node = _checked_class(current, attr)
+        chain.append((current, node))
+        if current.target == stop:
+            break
+        current = _base(current, node, len(chain))
+    return chain
+
+
+def _chain_definers(ref: ClassRef, attr: str, stop: str | None) -> list[tuple[ClassRef, ast.stmt]]:
+    """The classes of :func:`_chain` that bind ``attr`` in their body, nearest first."""
+    found = []
+    for owner, node in _chain(ref, attr, stop):
         stmt = _class_binding(node, attr)
         if stmt is not None:
-            found.append((current, stmt))
-        if current.target == stop or (stop == "" and found):
-            break
-        try:
-            current = _base(current, node, depth)
-        except _Unknown:
-            break
+            found.append((owner, stmt))
     return found
 
 
@@ -438,15 +442,15 @@ def resolve_class(target: str) -> ClassRef | None:
     return value if isinstance(value, ClassRef) else UNKNOWN
 
 
-def class_attribute(target: str | ClassRef, attr: str) -> Any:
+def class_attribute(target: str | ClassRef, attr: str, *, stop: str | None = None) -> Any:
     """The value of class attribute ``attr`` (``data_kind``, ``config_keys``, ...) of a class, read
-    from the nearest class of its chain that assigns it; UNKNOWN when not statically decidable
-    (also when no class of the resolvable chain assigns it)."""
+    from the nearest class of its chain (up to ``stop``, see :func:`method_owners`) that assigns it;
+    UNKNOWN when not statically decidable, also when no class of the chain assigns it."""
     ref = resolve_class(target) if isinstance(target, str) else target
     if ref is None:
         return UNKNOWN
     try:
-        definers = _chain_definers(ref, attr, stop="")
+        definers = _chain_definers(ref, attr, stop)
         if not definers:
             return UNKNOWN
         owner, stmt = definers[0]
@@ -460,8 +464,10 @@ def class_attribute(target: str | ClassRef, attr: str) -> Any:
 
 def method_owners(target: str | ClassRef, method: str, *, stop: str | None = None) -> list[tuple[ClassRef, ast.FunctionDef]] | None:
     """The classes along ``target``'s chain that define ``method``, nearest first, each with its
-    ``def``, up to the class ``stop`` (a ``module:Class`` target) or as far as bases resolve;
-    UNKNOWN when ``target`` is not a readable class or ``method`` is bound to something else."""
+    ``def``. The chain ends at the class ``stop`` names (a ``module:Class`` target: its own bases,
+    e.g. Lightning's, are trusted not to set what is asked) or at a class deriving from ``object``
+    only; UNKNOWN when a base cannot be resolved before that, a class of the chain is decorated,
+    has a metaclass or ``__init_subclass__`` may set it, or ``method`` is bound to a non-function."""
     ref = resolve_class(target) if isinstance(target, str) else target
     if ref is None:
         return UNKNOWN
