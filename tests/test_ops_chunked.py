@@ -15,11 +15,12 @@ import torch
 from conftest import approx
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alignx.losses.preference import sequence_logps
+from alignx.losses.preference import completion_logits_mean, sequence_logps
 from alignx.losses.sft import sft_loss
 from alignx.ops import (
     IGNORE_INDEX,
     chunked_token_logprobs,
+    completion_logits_mean_from_hidden,
     cross_entropy_from_hidden,
     sequence_logps_from_hidden,
 )
@@ -125,6 +126,19 @@ def test_cross_entropy_without_labelled_tokens_is_zero():
     assert n.item() == 0 and loss.item() == 0.0
     for g in torch.autograd.grad(loss, [hidden, weight, b]):
         assert g.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_completion_logits_mean_equals_losses(bias):
+    hidden, weight, b, labels = batch(torch.float64, bias=bias, head_grad=True, seed=7)
+    got = completion_logits_mean_from_hidden(hidden, weight, labels, bias=b)
+    logits = hidden @ weight.T if b is None else hidden @ weight.T + b
+    # completion_logits_mean works in float32; the float64 reference is the same mean taken in float64
+    y = labels[:, 1:] != IGNORE_INDEX
+    want = (logits[:, :-1].mean(-1) * y).sum(-1) / y.sum(-1).clamp(min=1)
+    close(got, want.detach(), 1e-10)
+    close(got.float(), completion_logits_mean(logits.float(), labels), 1e-5)
+    assert got.grad_fn is None and got[2].item() == 0.0
 
 
 def test_hand_computed():

@@ -2,6 +2,7 @@
 
 from alignx.ops.chunked import (
     chunked_token_logprobs,
+    completion_logits_mean_from_hidden,
     cross_entropy_from_hidden,
     sequence_logps_from_hidden,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "chunked_token_logprobs",
+    "completion_logits_mean_from_hidden",
     "cross_entropy_from_hidden",
     "entropy_from_logits",
     "gae",

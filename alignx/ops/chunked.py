@@ -118,8 +118,10 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             g.scatter_add_(-1, safe[start:end, None], g_c)
             g_in = g.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[start:end] = g_in @ weight
-            if grad_weight is not None:
+                torch.mm(g_in, weight, out=grad_hidden[start:end])
+            if grad_weight is not None and weight.dtype == acc:
+                grad_weight.addmm_(g_in.T, h)  # no [V, H] temporary per chunk
+            elif grad_weight is not None:
                 grad_weight += (g_in.T @ h).to(acc)
             if grad_bias is not None:
                 grad_bias += g.sum(0)
@@ -227,3 +229,24 @@ def cross_entropy_from_hidden(
     lp = chunked_token_logprobs(h, weight, y, bias=bias, chunk_size=chunk_size)
     n_tokens = mask.sum()
     return -lp.sum() / n_tokens.clamp(min=1), n_tokens
+
+
+def completion_logits_mean_from_hidden(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean logit over the vocabulary and the labelled positions per sequence, detached, [B].
+
+    The same result as ``completion_logits_mean(hidden @ weight.T + bias, labels)`` in
+    alignx.losses (the ``logits/chosen`` and ``logits/rejected`` metrics) without the logits: the
+    mean of a position's logits over the vocabulary is its hidden state times the mean head row,
+    plus the mean bias. Same causal shift and mask as :func:`sequence_logps_from_hidden`; a
+    sequence with no labelled token gives 0.
+    """
+    with torch.no_grad():
+        acc = _accumulation_dtype(hidden.dtype)
+        mean_row = weight.to(acc).mean(0)
+        per_pos = hidden[:, :-1].to(acc) @ mean_row
+        if bias is not None:
+            per_pos = per_pos + bias.to(acc).mean()
+        mask = (labels[:, 1:] != IGNORE_INDEX).to(acc)
+        return (per_pos * mask).sum(-1) / mask.sum(-1).clamp(min=1)
