@@ -161,6 +161,37 @@ def sources(tmp_path, monkeypatch):
 
             class FromHook(Hooked):
                 config_keys = frozenset({"declared"})
+
+            class Checked(Base):
+                @classmethod
+                def check_config(cls, cfg):
+                    'Looks the loss up first, then the inherited key check.'
+                    spec = lookup(str(cfg.objective.loss))
+                    super().check_config(cfg)
+
+            class Pops(Base):
+                @classmethod
+                def check_config(cls, cfg):
+                    cfg.objective.pop("legacy", None)
+                    super().check_config(cfg)
+
+            class Opens(Base):
+                @classmethod
+                def check_config(cls, cfg):
+                    with open_dict(cfg):
+                        cfg.objective.legacy = 1
+                    super().check_config(cfg)
+
+            class Sometimes(Base):
+                @classmethod
+                def check_config(cls, cfg):
+                    if cfg.objective.strict:
+                        super().check_config(cfg)
+
+            class Never(Base):
+                @classmethod
+                def check_config(cls, cfg):
+                    check_known_keys(cfg.objective.keys(), cls.config_keys, "objective.")
         """,
         "losses.py": """
             import functools
@@ -217,6 +248,17 @@ def test_static_values_follow_imports_and_bases(sources):
 )
 def test_dynamic_declarations_are_unknown(sources, target, attr):
     assert static.class_attribute(target, attr) is None
+
+
+@pytest.mark.parametrize(("name", "runs_super"),
+                         [("Checked", True), ("Pops", False), ("Opens", False), ("Sometimes", False), ("Never", False)])
+def test_an_override_keeps_the_inherited_key_check_only_when_visibly_called_first(sources, name, runs_super):
+    """The CLI trusts the inherited check only when the override calls it as a statement of its own,
+    after statements that only bind local names (a node changed in place first would make the
+    early answer wrong)."""
+    owners = static.method_owners(f"stx_pkg.objs:{name}", "check_config")
+    assert [o.target for o, _ in owners] == [f"stx_pkg.objs:{name}"]
+    assert static.calls_super_first_level(owners[0][1]) is runs_super
 
 
 @pytest.mark.parametrize("target", ["stx_pkg.losses:DEFAULTED", "stx_pkg.losses:WRAPPED", "stx_pkg.losses:LAMBDA",

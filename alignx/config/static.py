@@ -480,9 +480,37 @@ def method_owners(target: str | ClassRef, method: str, *, stop: str | None = Non
     return [(owner, stmt) for owner, stmt in definers]  # type: ignore[misc]
 
 
+#: method names whose call may change a config node in place (``node.pop(...)``, ``open_dict(node)``)
+_MUTATORS = frozenset({
+    "pop", "popitem", "update", "merge", "merge_with", "setdefault", "clear", "remove", "append", "extend",
+    "insert", "set_struct", "set_readonly", "set_flag", "open_dict", "read_write", "setattr", "delattr",
+    "__setitem__", "__delitem__", "__setattr__", "__delattr__",
+})
+
+
+def _binds_only(stmt: ast.stmt) -> bool:
+    """A docstring, or ``name = <expression>`` whose calls are plain calls (none that may change a
+    node in place, none of an unknown callee)."""
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+        return True
+    if not isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        return False
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+    if not all(isinstance(t, ast.Name) for t in targets):
+        return False
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if name is None or name in _MUTATORS:
+                return False
+    return True
+
+
 def calls_super_first_level(func: ast.FunctionDef) -> bool:
-    """Whether the method's body runs ``super().<its name>(<its first argument after cls>)`` as a
-    statement of its own (not inside an ``if``, ``try`` or loop), so the inherited check always runs
+    """Whether the method runs ``super().<its name>(<its first argument after cls>)`` as a statement
+    of its own (not inside an ``if``, ``try`` or loop), preceded only by statements that bind local
+    names without changing anything in place: the inherited check then runs on the node as given,
     unless an earlier statement raises."""
     params = [a.arg for a in [*func.args.posonlyargs, *func.args.args]]
     if len(params) < 2:
@@ -503,6 +531,8 @@ def calls_super_first_level(func: ast.FunctionDef) -> bool:
             and call.args[0].id == params[1]
         ):
             return True
+        if not _binds_only(stmt):
+            return False
     return False
 
 
