@@ -19,9 +19,11 @@ from alignx.losses.preference import completion_logits_mean, sequence_logps
 from alignx.losses.sft import sft_loss
 from alignx.ops import (
     IGNORE_INDEX,
+    chunked_logprobs_and_entropy,
     chunked_token_logprobs,
     completion_logits_mean_from_hidden,
     cross_entropy_from_hidden,
+    entropy_from_logits,
     sequence_logps_from_hidden,
 )
 
@@ -141,6 +143,22 @@ def test_completion_logits_mean_equals_losses(bias):
     assert got.grad_fn is None and got[2].item() == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", [3, 13, 40])
+def test_logprobs_and_entropy_equal_plain_path(dtype, chunk_size):
+    g = torch.Generator().manual_seed(8)
+    hidden, weight = torch.randn(13, H, generator=g, dtype=dtype), torch.randn(V, H, generator=g, dtype=dtype)
+    bias = torch.randn(V, generator=g, dtype=dtype)
+    labels = torch.randint(0, V, (13,), generator=g)
+    labels[[2, 7]] = IGNORE_INDEX
+    logps, entropy = chunked_logprobs_and_entropy(hidden, weight, labels, bias=bias, temperature=0.7, chunk_size=chunk_size)
+    logits = (hidden @ weight.T + bias) / 0.7
+    want = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[:, None]).squeeze(-1) * (labels != IGNORE_INDEX)
+    close(logps, want, TOL[dtype])
+    close(entropy, entropy_from_logits(logits), TOL[dtype])
+    assert logps[2].item() == 0.0 and entropy[2].item() > 0.0
+
+
 def test_hand_computed():
     """V=3, H=2, no bias. Rows h1 = [1, 0] and h2 = [0, 1] with head rows W0 = [1, 0], W1 = [0, 1],
     W2 = [1, 1] give logits z1 = [1, 0, 1] and z2 = [0, 1, 1]; a third row is ignored.
@@ -175,6 +193,10 @@ def test_hand_computed():
     # frozen head: the hidden-state gradient prepared in the forward pass is the same
     (g_h_frozen,) = torch.autograd.grad(chunked_token_logprobs(hidden, weight.detach(), labels, chunk_size=2).sum(), [hidden])
     approx(g_h_frozen, [[1 / s, -(1 + e) / s], [e / s, 1 / s], [0.0, 0.0]])
+
+    # entropy of p1 = [e, 1, e] / s: H = log s - Σ p z = log s - (e·1 + 1·0 + e·1) / s = log s - 2e / s
+    _, ent = chunked_logprobs_and_entropy(hidden.detach(), weight.detach(), labels, chunk_size=2)
+    approx(ent[:2], [math.log(s) - 2 * e / s, math.log(s) - 2 * e / s])
 
 
 @pytest.mark.parametrize("head_grad", [True, False])

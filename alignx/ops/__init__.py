@@ -1,6 +1,7 @@
 """Small, pure tensor operations shared by objectives and evaluation."""
 
 from alignx.ops.chunked import (
+    chunked_logprobs_and_entropy,
     chunked_token_logprobs,
     completion_logits_mean_from_hidden,
     cross_entropy_from_hidden,
@@ -32,6 +33,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
+    "chunked_logprobs_and_entropy",
     "chunked_token_logprobs",
     "completion_logits_mean_from_hidden",
     "cross_entropy_from_hidden",

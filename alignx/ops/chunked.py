@@ -250,3 +250,41 @@ def completion_logits_mean_from_hidden(
             per_pos = per_pos + bias.to(acc).mean()
         mask = (labels[:, 1:] != IGNORE_INDEX).to(acc)
         return (per_pos * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def chunked_logprobs_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label_i) and the entropy of each row's distribution, detached, in one chunked pass.
+
+    For bookkeeping without gradients (scoring rollouts: their old log-probs and the entropy
+    metric). With ``z_i`` as in :func:`chunked_token_logprobs` and ``p_i = softmax(z_i)``, the
+    entropy is ``H_i = logsumexp_j z_ij - Σ_j p_ij z_ij``. Rows labelled IGNORE_INDEX give a
+    log-prob of 0 (their entropy is still computed). Extra memory O(chunk_size x V).
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.size(1) != weight.size(1):
+        raise ValueError(f"hidden must be [N, H] and weight [V, H]; got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(f"labels must be [N] = [{hidden.size(0)}], got {tuple(labels.shape)}")
+    if temperature <= 0 or chunk_size < 1:
+        raise ValueError(f"temperature must be > 0 and chunk_size >= 1, got {temperature} and {chunk_size}")
+    with torch.no_grad():
+        acc = _accumulation_dtype(hidden.dtype)
+        valid = labels != IGNORE_INDEX
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        logps = torch.empty(hidden.size(0), dtype=acc, device=hidden.device)
+        entropy = torch.empty_like(logps)
+        for start in range(0, hidden.size(0), chunk_size):
+            end = min(start + chunk_size, hidden.size(0))
+            z = _chunk_logits(hidden[start:end], weight, bias, temperature)
+            lse = torch.logsumexp(z, dim=-1)
+            logps[start:end] = z.gather(-1, safe[start:end, None]).squeeze(-1) - lse
+            p = torch.softmax(z, dim=-1)
+            entropy[start:end] = lse - (p * z).sum(-1)
+        return logps * valid, entropy
