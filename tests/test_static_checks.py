@@ -384,3 +384,25 @@ def test_registry_entries_stay_lazy_after_the_static_checks():
     assert static_row_kind(compose(["objective=rm"]), registry) is None  # RewardModel overrides row_kind
     assert check_objective_keys_static(compose(["objective=grpo"]), registry) is False  # left to the class
     assert {(e.kind, e.name): e.loaded for e in registry.entries()} == before
+
+
+def test_base_check_config_applies_option_keys_from():
+    """The shared rule on the imported side: a subclass declaring ``option_keys_from`` gets the
+    selected component's options as keys, and an unset selector is named."""
+    from omegaconf import OmegaConf
+
+    from alignx.objectives.base import Objective
+
+    class Picky(Objective):
+        name = "picky"
+        config_keys = frozenset({"loss"})
+        option_keys_from = {"loss": "preference_loss"}
+
+    def node(**keys):
+        return OmegaConf.create({"objective": {"name": "picky", **keys}})
+
+    Picky.check_config(node(loss="orpo", orpo_lambda=1.0))
+    with pytest.raises(ConfigError, match=r"unknown key 'objective.beta'\. Valid keys under 'objective': loss, name, orpo_lambda$"):
+        Picky.check_config(node(loss="orpo", beta=0.1))
+    with pytest.raises(ConfigError, match="objective.loss must be set: it selects the preference_loss"):
+        Picky.check_config(node())
