@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from alignx.ops.logprobs import IGNORE_INDEX
 
@@ -93,6 +94,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written with in-place ops: no second derivative
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if ctx.precomputed:
             (direction,) = ctx.saved_tensors
