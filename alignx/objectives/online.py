@@ -38,7 +38,6 @@ from typing import Any, ClassVar, Mapping
 import lightning as L
 import torch
 
-from alignx.config import check_known_keys
 from alignx.data.tokenize import (
     encode_prompt,
     fit_to_length,
@@ -206,7 +205,7 @@ class OnlineObjective(ReferenceObjective):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Fail before any work on keys this objective does not know, or a run without a step budget."""
-        check_known_keys([k for k in cfg.objective.keys()], cls.config_keys, "objective.")
+        super().check_config(cfg)  # only this objective's keys (answered before any import by the CLI)
         cls.check_values(cfg.objective)
         check_reward_config(cfg.reward, load_plugins())
         if int(cfg.trainer.get("max_steps") or -1) <= 0:
