@@ -167,13 +167,12 @@ def _check_rows(cfg: Any, registry: Any) -> None:
     small; otherwise the job finds them as it loads the rows."""
     from alignx.config.early import static_row_kind
     from alignx.data.formats import collect_invalid_rows
-    from alignx.data.sources import SPLITS, _path_locator
+    from alignx.data.sources import dataset_files
 
     source = str(cfg.dataset.get("source"))
     if source not in ("jsonl", "parquet") or str(cfg.data.get("invalid_rows")) != "error":
         return
-    locate = _path_locator(cfg.dataset)
-    files = [p for split in SPLITS[:2] for p in locate(split) or []]
+    files = dataset_files(cfg.dataset, ("train", "val"))
     if sum(p.stat().st_size for p in files if p.is_file()) > EARLY_ROW_CHECK_BYTES:
         return
     kind = static_row_kind(cfg, registry)

@@ -34,7 +34,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from alignx.data.formats import (
     CANONICAL_COLUMNS,
@@ -297,16 +297,20 @@ def _path_locator(cfg: Mapping) -> Locate:
     return locate
 
 
+def dataset_files(cfg: Mapping, splits: Sequence[str] = SPLITS) -> list[Path]:
+    """The local files a ``jsonl``/``parquet`` dataset config names for ``splits`` (none for other sources)."""
+    if cfg.get("source") not in ("jsonl", "parquet"):
+        return []
+    locate = _path_locator(cfg)
+    return [path for split in splits for path in locate(split) or []]
+
+
 def check_files(cfg: Mapping) -> None:
     """The files a ``jsonl``/``parquet`` dataset config names exist (the same DataError the loader
     raises, but without reading a row: the command line checks this before loading the training stack)."""
-    if cfg.get("source") not in ("jsonl", "parquet"):
-        return
-    locate = _path_locator(cfg)
-    for split in SPLITS:
-        for path in locate(split) or []:
-            if not path.is_file():
-                raise DataError("file does not exist", source=str(path))
+    for path in dataset_files(cfg):
+        if not path.is_file():
+            raise DataError("file does not exist", source=str(path))
 
 
 # ---------------------------------------------------------------- loaders
