@@ -49,7 +49,9 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("row-level data error (jsonl row 3 lacks completion)", [ALIGNX, "dataset=jsonl", f"dataset.path={BAD_ROWS}"]),
     ("trainer key typo (+trainer.max_stepz=1)", [ALIGNX, "+trainer.max_stepz=1"]),
     # the source does not decide it (GRPO's check_config checks keys itself): the class is imported
-    ("objective key typo, grpo (+objective.bta=1; left to the class)", [ALIGNX, "objective=grpo", "+objective.bta=1"]),
+    ("objective key typo, grpo (+objective.bta=1)", [ALIGNX, "objective=grpo", "+objective.bta=1"]),
+    # SPIN (a plugin) asks the registry before super().check_config: the source does not decide it
+    ("objective key typo, spin plugin (+objective.bta=1; left to the class)", [ALIGNX, "objective=spin", "+objective.bta=1"]),
 ]
 BASELINES: list[tuple[str, list[str]]] = [
     ("python -c pass", [sys.executable, "-c", "pass"]),
