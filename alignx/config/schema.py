@@ -197,6 +197,14 @@ class LoraSchema:
 
 
 @dataclass
+class ModelSchema:
+    """``model`` keys of every kind (llama, hf, a plugin's), checked besides the kind's own schema."""
+
+    # null = log-probs from the logits; N >= 1 = from the hidden states, N positions at a time
+    logprob_chunk_size: Optional[int] = spec(ge=1)
+
+
+@dataclass
 class LlamaSchema:
     """``model`` of kind ``llama`` (model=tiny|small): a Llama built in code."""
 

@@ -31,6 +31,7 @@ from alignx.config.schema import (
     SECTIONS,
     TOP_LEVEL,
     TRAINER_EXTRA_KEYS,
+    ModelSchema,
     RootSchema,
 )
 from alignx.config.targets import check_callbacks, check_strategy, check_targets
@@ -232,7 +233,7 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = (), *, imports: b
 
     Checks, in order: mandatory (``???``) values, top-level keys, the keys, types and ranges of
     ``data``, ``save``, ``eval``, ``checkpoint``, ``trainer``, ``optim``, ``scheduler``, top-level
-    values, alignx's adapter and model options, the training length, then every ``_target_`` node
+    values, alignx's adapter and model options (``model.logprob_chunk_size`` for every model kind), the training length, then every ``_target_`` node
     (its class or function imports, and its keys are arguments it takes).
 
     ``imports=False`` skips the checks that import a library (the trainer's keys are Lightning's
@@ -253,6 +254,8 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = (), *, imports: b
     if isinstance(adapter, DictConfig) and str(adapter.get("name")) in ADAPTER_SCHEMAS:
         check_node(adapter, ADAPTER_SCHEMAS[str(adapter.name)], "adapter", closed=True, imports=imports)
     model = cfg.get("model")
+    if isinstance(model, DictConfig):
+        check_node(model, ModelSchema, "model", closed=False, imports=imports)
     if isinstance(model, DictConfig) and str(model.get("kind")) in MODEL_SCHEMAS:
         check_node(model, MODEL_SCHEMAS[str(model.kind)], "model", closed=False, imports=imports)
         if model.kind == "llama":

@@ -21,7 +21,7 @@ import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Sequence
 
 import lightning as L
 import torch
@@ -32,10 +32,29 @@ from alignx.data.batching import collate_sft
 from alignx.data.module import AlignDataModule
 from alignx.data.tokenize import encode_sft_row
 from alignx.errors import ConfigError
-from alignx.losses.preference import sequence_logps
+from alignx.losses.preference import completion_logits_mean, sequence_logps
+from alignx.losses.sft import sft_loss
 from alignx.models.adapters import is_peft
+from alignx.models.lm_head import head_inputs
 from alignx.models.reference import PrecomputeReferenceLogps
+from alignx.ops.chunked import (
+    completion_logits_mean_from_hidden,
+    cross_entropy_from_hidden,
+    sequence_logps_from_hidden,
+)
 from alignx.registry import load_plugins
+
+
+class CompletionLogps(NamedTuple):
+    """What :meth:`Objective.completion_logps` returns for a batch of B sequences."""
+
+    #: summed log-probability of each sequence's labelled (completion) tokens [B]
+    logps: torch.Tensor
+    #: how many labelled tokens each sequence has [B] (long)
+    n_tokens: torch.Tensor
+    #: mean logit over the vocabulary and the labelled positions [B], detached (the ``logits/*``
+    #: metrics); None unless asked for
+    logits_mean: torch.Tensor | None
 
 
 class Objective(L.LightningModule):
@@ -71,6 +90,10 @@ class Objective(L.LightningModule):
     #: external helper library, a tokenizer patch): cached items of other versions are then
     #: not served (docs/data.md)
     encode_version: ClassVar[str] = "1"
+    #: ``model.logprob_chunk_size`` of the job, set per instance by :meth:`bind`: None = log-probs
+    #: from the model's logits; N = from its final hidden states, N labelled positions at a time,
+    #: never the [B, T, V] logits (:meth:`completion_logps`, :meth:`completion_cross_entropy`)
+    logprob_chunk_size: int | None = None
 
     def __init__(
         self,
@@ -215,8 +238,11 @@ class Objective(L.LightningModule):
         return None
 
     def bind(self, job: "JobContext") -> None:
-        """What the job calls before fitting: keeps ``job`` as :attr:`context`, then :meth:`attach`."""
+        """What the job calls before fitting: keeps ``job`` as :attr:`context`, reads
+        ``model.logprob_chunk_size`` into :attr:`logprob_chunk_size`, then :meth:`attach`."""
         self.context = job
+        size = job.cfg.model.logprob_chunk_size
+        self.logprob_chunk_size = None if size is None else int(size)
         self.attach(job)
 
     def attach(self, job: "JobContext") -> None:
@@ -226,6 +252,44 @@ class Objective(L.LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimizer updates (default: the policy's trainable ones)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    # -- log-probs of completions ----------------------------------------------------------
+    def completion_logps(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        logits_mean: bool = False,
+    ) -> CompletionLogps:
+        """Summed completion log-probs of ``model`` for each of B sequences, their token counts and,
+        with ``logits_mean``, their mean logits (see :class:`CompletionLogps`).
+
+        ``labels`` [B, T] are the input ids with prompt and padding set to IGNORE_INDEX (unshifted).
+        With :attr:`logprob_chunk_size` None this is :func:`~alignx.losses.sequence_logps` on the
+        model's logits; with N it is computed from the final hidden states N labelled positions at
+        a time (:mod:`alignx.ops.chunked`), equal up to float rounding, without the [B, T, V]
+        logits. Gradients flow as far as the caller's grad mode allows.
+        """
+        if self.logprob_chunk_size is None:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logps, n_tokens = sequence_logps(logits, labels)
+            return CompletionLogps(logps, n_tokens, completion_logits_mean(logits, labels) if logits_mean else None)
+        h = head_inputs(model, input_ids, attention_mask)
+        logps, n_tokens = sequence_logps_from_hidden(h.hidden, h.weight, labels, bias=h.bias, chunk_size=self.logprob_chunk_size)
+        means = completion_logits_mean_from_hidden(h.hidden, h.weight, labels, bias=h.bias) if logits_mean else None
+        return CompletionLogps(logps, n_tokens, means)
+
+    def completion_cross_entropy(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, n_tokens)``: the mean next-token NLL of ``model`` over the batch's labelled
+        tokens (:func:`~alignx.losses.sft_loss`), from the logits or, with :attr:`logprob_chunk_size`
+        set, from the final hidden states by chunks (as :meth:`completion_logps`)."""
+        if self.logprob_chunk_size is None:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return sft_loss(logits, batch["labels"])
+        h = head_inputs(model, batch["input_ids"], batch["attention_mask"])
+        return cross_entropy_from_hidden(h.hidden, h.weight, batch["labels"], bias=h.bias, chunk_size=self.logprob_chunk_size)
 
     # -- training ------------------------------------------------------------------------
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -426,7 +490,6 @@ class ReferenceObjective(Objective):
             was_training = ref.training
             ref.eval()
             try:
-                logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                return self.completion_logps(ref, batch["input_ids"], batch["attention_mask"], batch["labels"]).logps
             finally:
                 ref.train(was_training)
-        return sequence_logps(logits, batch["labels"])[0]

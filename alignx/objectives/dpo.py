@@ -17,11 +17,7 @@ from alignx.data.batching import collate_pairs
 from alignx.data.tokenize import encode_pair
 from alignx.errors import ConfigError, PluginError
 from alignx.losses.dpo_family import PreferenceInputs, PreferenceLoss
-from alignx.losses.preference import (
-    completion_logits_mean,
-    preference_metrics,
-    sequence_logps,
-)
+from alignx.losses.preference import preference_metrics
 from alignx.objectives.base import ReferenceObjective
 from alignx.registry import load_plugins
 
@@ -118,9 +114,11 @@ class DPO(ReferenceObjective):
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = batch["input_ids"].size(0) // 2
         spec = self.preference_loss
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, n_tok = sequence_logps(logits, batch["labels"])
-        count = n_tok.clamp(min=1)
+        policy = self.completion_logps(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], logits_mean=True
+        )
+        logps = policy.logps
+        count = policy.n_tokens.clamp(min=1)
         avg = logps / count
         pol = avg if spec.length_normalised else logps
         ref = None
@@ -137,6 +135,6 @@ class DPO(ReferenceObjective):
         metrics: dict[str, torch.Tensor] = {}
         if nll is not None:
             metrics["nll"] = nll.mean().detach()
-        logit_means = completion_logits_mean(logits, batch["labels"])
-        metrics.update(preference_metrics(chosen_r, rejected_r, logps[:n], logps[n:], logit_means[:n], logit_means[n:]))
+        means = policy.logits_mean
+        metrics.update(preference_metrics(chosen_r, rejected_r, logps[:n], logps[n:], means[:n], means[n:]))
         return losses.mean(), metrics

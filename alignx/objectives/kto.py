@@ -12,12 +12,7 @@ import torch
 from alignx.data.batching import collate_sft
 from alignx.data.tokenize import encode_prompt_completions
 from alignx.errors import ConfigError
-from alignx.losses.preference import (
-    completion_logits_mean,
-    kto_loss,
-    kto_reference_point,
-    sequence_logps,
-)
+from alignx.losses.preference import kto_loss, kto_reference_point
 from alignx.objectives.base import ReferenceObjective
 from alignx.objectives.dpo import required
 from alignx.ops.logprobs import IGNORE_INDEX
@@ -136,11 +131,10 @@ class KTO(ReferenceObjective):
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = batch["desirable"].size(0)
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        logits = self.model(input_ids=ids[:n], attention_mask=mask[:n]).logits
-        logps, _ = sequence_logps(logits, labels[:n])
+        policy = self.completion_logps(self.model, ids[:n], mask[:n], labels[:n], logits_mean=True)
+        logps = policy.logps
         with torch.no_grad():  # z0 carries no gradient, so the mismatched forward needs none
-            kl_logits = self.model(input_ids=ids[n:], attention_mask=mask[n:]).logits
-            kl_logps, _ = sequence_logps(kl_logits, labels[n:])
+            kl_logps = self.completion_logps(self.model, ids[n:], mask[n:], labels[n:]).logps
         ref = self.reference_logps(batch).to(logps.dtype)
         z0 = kto_reference_point(kl_logps, ref[n:])
         desirable = batch["desirable"]
@@ -149,7 +143,7 @@ class KTO(ReferenceObjective):
             desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight,
         )
         rewards = (self.beta * (logps - ref[:n])).detach()
-        logit_means = completion_logits_mean(logits, labels[:n])
+        logit_means = policy.logits_mean
         metrics: dict[str, torch.Tensor] = {"kl": z0.detach()}
         for side, sel in (("chosen", desirable), ("rejected", ~desirable)):
             if bool(sel.any()):

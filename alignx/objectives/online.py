@@ -54,8 +54,10 @@ from alignx.generation import (
     sample,
 )
 from alignx.losses.policy_gradient import nonconstant_groups
+from alignx.models.lm_head import head_inputs
 from alignx.objectives.base import JobContext, ReferenceObjective
 from alignx.objectives.guards import checkpoint_hint
+from alignx.ops.chunked import chunked_logprobs_and_entropy, chunked_token_logprobs
 from alignx.ops.logprobs import IGNORE_INDEX, masked_mean, token_logprobs
 from alignx.ops.rl import entropy_from_logits, kl_estimate, logprob_mismatch, zero_masked
 from alignx.registry import load_plugins
@@ -290,12 +292,43 @@ class OnlineObjective(ReferenceObjective):
         return rollout.response_ids.masked_fill(~rollout.response_mask.bool(), IGNORE_INDEX)
 
     def response_logps(self, model: torch.nn.Module, rollout: Rollout, *, with_entropy: bool = False) -> Any:
-        """Per-token log-probs [N, R] (0 past the end) of the sampled tokens; with entropy [N, R] too."""
+        """Per-token log-probs [N, R] (0 past the end) of the sampled tokens; with entropy [N, R] too.
+
+        From :meth:`forward_logits`, or with ``model.logprob_chunk_size`` set from the final hidden
+        states by chunks of response positions (:meth:`_chunked_response_logps`).
+        """
+        if self.logprob_chunk_size is not None:
+            return self._chunked_response_logps(model, rollout, with_entropy)
         logits = self.forward_logits(model, rollout)
         logps = token_logprobs(logits, self.response_labels(rollout))
         if with_entropy:
             return logps, zero_masked(entropy_from_logits(logits), rollout.response_mask)
         return logps
+
+    def _chunked_response_logps(self, model: torch.nn.Module, rollout: Rollout, with_entropy: bool) -> Any:
+        """:meth:`response_logps` without the [N, R, V] logits: only the valid response positions
+        are projected to the vocabulary, ``logprob_chunk_size`` at a time (same forward: the
+        attention mask and the position ids counted over real tokens). The entropy is bookkeeping
+        and comes back detached."""
+        mask = rollout.attention_mask
+        h = head_inputs(model, rollout.input_ids, mask, position_ids(mask))
+        p = rollout.prompt_width
+        labels = self.response_labels(rollout)
+        rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
+        hidden, targets = h.hidden[:, p - 1 : -1][rows, cols], labels[rows, cols]
+        kw = dict(bias=h.bias, temperature=self.temperature, chunk_size=self.logprob_chunk_size)
+        entropy = None
+        if with_entropy and not torch.is_grad_enabled():  # rollout scoring: both in one pass
+            logps, entropy = chunked_logprobs_and_entropy(hidden, h.weight, targets, **kw)
+        else:
+            logps = chunked_token_logprobs(hidden, h.weight, targets, **kw)
+            if with_entropy:
+                entropy = chunked_logprobs_and_entropy(hidden.detach(), h.weight.detach(), targets, **kw)[1]
+
+        def spread(values: torch.Tensor) -> torch.Tensor:  # [n valid] -> [N, R], 0 elsewhere
+            return torch.zeros(labels.shape, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
+
+        return (spread(logps), spread(entropy)) if entropy is not None else spread(logps)
 
     def policy_logps(self, exp: Experience, idx: torch.Tensor, sub: Rollout) -> torch.Tensor:
         """Per-token log-probs [N, R] of rollouts ``idx`` (``sub = exp.rollout.select(idx)``) under the

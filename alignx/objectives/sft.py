@@ -6,7 +6,6 @@ from typing import Mapping
 
 import torch
 
-from alignx.losses.sft import sft_loss
 from alignx.objectives.base import Objective
 
 
@@ -19,8 +18,7 @@ class SFT(Objective):
     config_keys = frozenset()
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss, n_tokens = sft_loss(out.logits, batch["labels"])
+        loss, n_tokens = self.completion_cross_entropy(self.model, batch)
         return loss, {"tokens": n_tokens.float(), "ppl": torch.exp(loss.detach())}
 
     def loss_weight(self, batch: Mapping[str, torch.Tensor], metrics: Mapping[str, torch.Tensor]) -> torch.Tensor:
