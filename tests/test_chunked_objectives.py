@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAST, fast
 from mlflow import MlflowClient
 
 from alignx.config import compose
@@ -24,10 +25,9 @@ from alignx.objectives.base import JobContext, Objective, ReferenceObjective
 from alignx.ops.logprobs import IGNORE_INDEX
 from alignx.registry import load_plugins
 from alignx.train import train
-from conftest import FAST, fast
 
 CHUNK = 5
-TOL = dict(rel=1e-5, abs=1e-5)
+TOL = {"rel": 1e-5, "abs": 1e-5}
 
 PROMPTS = ["Review: The plot was", "Q: 2+3=", "Review: The cast felt rather", "Hi"]
 COMPLETIONS = ["good and kind.", "5", "dull", "a long and winding reply"]

@@ -316,7 +316,7 @@ class OnlineObjective(ReferenceObjective):
         labels = self.response_labels(rollout)
         rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
         hidden, targets = h.hidden[:, p - 1 : -1][rows, cols], labels[rows, cols]
-        kw = dict(bias=h.bias, temperature=self.temperature, chunk_size=self.logprob_chunk_size)
+        kw = {"bias": h.bias, "temperature": self.temperature, "chunk_size": self.logprob_chunk_size}
         entropy = None
         if with_entropy and not torch.is_grad_enabled():  # rollout scoring: both in one pass
             logps, entropy = chunked_logprobs_and_entropy(hidden, h.weight, targets, **kw)
