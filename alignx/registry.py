@@ -88,6 +88,11 @@ class Entry:
         self.target = obj if self._lazy else _describe(obj)
 
     @property
+    def path(self) -> str | None:
+        """The ``pkg.module:attr`` path the entry was registered by (None: registered as an object)."""
+        return self.target if self._lazy else None
+
+    @property
     def loaded(self) -> bool:
         return not self._lazy or self._obj is not None
 

@@ -38,11 +38,12 @@ _STATIC_OPTIONS = {"preference_loss": preference_loss_options}
 
 
 def lazy_target(registry: Registry, kind: str, name: str) -> str | None:
-    """The ``module:attr`` path ``name`` of ``kind`` is registered by, while it is not imported
-    (None: unknown name, an object registered directly, or already imported)."""
+    """The ``module:attr`` path ``name`` of ``kind`` is registered by, imported yet or not (the
+    source answers the same either way, so the answer does not depend on what ran before in the
+    process); None: an unknown name or an object registered directly."""
     for entry in registry.entries():
         if entry.kind == kind and entry.name == name:
-            return None if entry.loaded else entry.target
+            return entry.path
     return None
 
 
