@@ -25,6 +25,7 @@ from alignx.config import (
     ADAPTER_SCHEMAS,
     MODEL_SCHEMAS,
     SECTIONS,
+    ModelSchema,
     TrainerSchema,
     check_group_choices,
     compose,
@@ -333,7 +334,8 @@ def test_unmatched_lora_targets_stop_the_job_before_any_run_or_cache(tmp_path):
 
 # -- the schemas: types and ranges only; every default lives in the YAML ----------------------------
 
-SCHEMAS = sorted({s for s, _ in SECTIONS.values()} | set(ADAPTER_SCHEMAS.values()) | set(MODEL_SCHEMAS.values()), key=lambda s: s.__name__)
+SCHEMAS = sorted({s for s, _ in SECTIONS.values()} | set(ADAPTER_SCHEMAS.values()) | set(MODEL_SCHEMAS.values()) | {ModelSchema},
+                 key=lambda s: s.__name__)
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.__name__)

@@ -25,6 +25,7 @@ from alignx.config.schema import (
     CheckpointSchema,
     DataSchema,
     EvalSchema,
+    ModelSchema,
     OptimSchema,
     SaveSchema,
     SchedulerSchema,
@@ -35,7 +36,7 @@ from alignx.config.values import check_node, check_required, check_value, valida
 
 __all__ = [
     "ADAPTER_SCHEMAS", "MODEL_SCHEMAS", "PRIMARY_CONFIG", "SECTIONS", "TOP_LEVEL", "TRUNCATION_POLICIES",
-    "AlignxSearchPathPlugin", "CheckpointSchema", "DataSchema", "EvalSchema", "OptimSchema", "SaveSchema",
+    "AlignxSearchPathPlugin", "CheckpointSchema", "DataSchema", "EvalSchema", "ModelSchema", "OptimSchema", "SaveSchema",
     "SchedulerSchema", "TrainerSchema", "check_group_choices", "check_known_keys", "check_node", "check_override_keys",
     "check_required", "check_strategy", "check_target", "check_targets", "check_value", "compose", "config_groups",
     "missing_extra", "objective_keys", "register_search_path", "show_value", "validate",

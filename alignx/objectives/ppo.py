@@ -38,7 +38,6 @@ from alignx.data.batching import collate_sft
 from alignx.errors import ConfigError, ModelLoadError
 from alignx.generation import Rollout, position_ids
 from alignx.losses.policy_gradient import clipped_policy_loss, clipped_value_loss
-from alignx.losses.sft import sft_loss
 from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head, zero_head
 from alignx.rewards import reward_model_paths
@@ -221,8 +220,7 @@ class PPO(OnlineObjective):
         picks = torch.randint(len(self.ptx_items), (n,), generator=g).tolist()
         batch = collate_sft([self.ptx_items[i] for i in picks], self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return sft_loss(logits, batch["labels"])[0]
+        return self.completion_cross_entropy(self.model, batch)[0]
 
     def iteration_metrics(self, exp: Experience, stats: dict[str, float]) -> dict[str, float]:
         return dict(stats)
