@@ -39,6 +39,27 @@ def test_objective_declarations_equal_the_imported_class(name):
     assert static.class_attribute(target, "config_keys", stop=OBJECTIVE_BASE) == cls.config_keys
     assert static.class_attribute(target, "data_kind", stop=OBJECTIVE_BASE) == cls.data_kind
     assert static.class_attribute(target, "option_keys_from", stop=OBJECTIVE_BASE) == cls.option_keys_from
+    assert static.class_attribute(target, "row_kinds", stop=OBJECTIVE_BASE) == cls.row_kinds
+
+
+@pytest.mark.parametrize(("name", "overrides"), [(n, []) for n in sorted(OBJECTIVES)] + [("rm", ["objective.data_kind=ranked"])])
+def test_static_row_kind_equals_the_class_row_kind(name, overrides):
+    """The command line validates rows by the kind it reads from source: the kind the job would use."""
+    from alignx.config.early import static_row_kind
+
+    cfg = compose([f"objective={name}", *overrides])
+    assert static_row_kind(cfg, load_plugins()) == _imported(OBJECTIVES[name]).row_kind(cfg.objective)
+
+
+def test_a_row_kind_key_outside_its_row_kinds_is_left_to_the_class():
+    from alignx.config.early import static_row_kind
+    from alignx.objectives.rm import RewardModel
+
+    cfg = compose(["objective=rm", "objective.data_kind=triples"])
+    assert static_row_kind(cfg, load_plugins()) is None
+    with pytest.raises(ConfigError, match=r"objective.data_kind='triples' is not a row kind objective=rm trains on. "
+                                          r"Valid: pairs, ranked"):
+        RewardModel.row_kind(cfg.objective)
 
 
 def test_the_chain_is_trusted_only_up_to_the_alignx_base():
@@ -67,7 +88,7 @@ def test_grpo_union_of_imported_sets():
 
 
 def test_method_owners_along_the_chain():
-    rm = static.method_owners(OBJECTIVES["rm"], "row_kind", stop=OBJECTIVE_BASE)
+    rm = static.method_owners(OBJECTIVES["rm"], "prepare_model", stop=OBJECTIVE_BASE)
     assert [o.target for o, _ in rm] == ["alignx.objectives.rm:RewardModel", OBJECTIVE_BASE]
     sft = static.method_owners(OBJECTIVES["sft"], "row_kind", stop=OBJECTIVE_BASE)
     assert [o.target for o, _ in sft] == [OBJECTIVE_BASE]
@@ -352,17 +373,22 @@ def _bad_rows(tmp_path: Path) -> str:
         (["optim._target_=torch.optim.AdamX"],
          "alignx: error: optim._target_=torch.optim.AdamX cannot be imported: 'torch.optim' has no 'AdamX'. "
          "Did you mean 'torch.optim.Adam'?"),
+        (["objective=rm", "objective.data_kind=ranked", "dataset=jsonl", "dataset.path={ranked}"],
+         "alignx: error: {ranked}, row 2, column 'completions': a ranked row needs at least 2 completions, got 1"),
         (["dataset=jsonl", "dataset.path={rows}"],
          "alignx: error: {rows}, row 3, column 'completion': missing column (or give 'messages' instead); "
          "the row has columns ['prompt']"),
     ],
-    ids=["sft-key", "dpo-key", "dpo-loss-option", "ppo-key", "target", "row"],
+    ids=["sft-key", "dpo-key", "dpo-loss-option", "ppo-key", "target", "rm-ranked-row", "row"],
 )
 def test_cli_answers_without_importing_lightning(tmp_path, args, line):
     rows = _bad_rows(tmp_path)
-    args = [a.replace("{rows}", rows) for a in args]
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text('{"prompt": "a", "completions": ["x", "y"], "ranks": [0, 1]}\n{"prompt": "c", "completions": ["x"]}\n')
+    args = [a.replace("{rows}", rows).replace("{ranked}", str(ranked)) for a in args]
     proc = _cli_in_process(args, tmp_path)
-    assert proc.stderr.strip().splitlines()[-1].startswith(line.replace("{rows}", rows)), proc.stderr
+    want = line.replace("{rows}", rows).replace("{ranked}", str(ranked))
+    assert proc.stderr.strip().splitlines()[-1].startswith(want), proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "exit=2 lightning=False torch=False", proc.stdout + proc.stderr
 
 
@@ -383,7 +409,7 @@ def test_registry_entries_stay_lazy_after_the_static_checks():
     cfg = compose(["objective=dpo"])
     assert check_objective_keys_static(cfg, registry) is True
     assert static_row_kind(cfg, registry) == "pairs"
-    assert static_row_kind(compose(["objective=rm"]), registry) is None  # RewardModel overrides row_kind
+    assert static_row_kind(compose(["objective=rm"]), registry) == "pairs"  # RewardModel declares row_kind_key
     assert check_objective_keys_static(compose(["objective=grpo"]), registry) is True
     assert check_objective_keys_static(compose(["objective=spin"]), registry) is False  # left to the class
     assert {(e.kind, e.name): e.loaded for e in registry.entries()} == before

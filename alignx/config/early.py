@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from alignx.config.keys import check_known_keys, objective_keys
 from alignx.config.static import (
     UNKNOWN,
+    attribute_owner,
     calls_super_first_level,
     class_attribute,
     closest_name,
@@ -95,8 +96,10 @@ def _str_mapping(value: Any) -> bool:
 
 
 def static_row_kind(cfg: DictConfig, registry: Registry) -> str | None:
-    """The row kind the objective trains on, read from source: its class's ``data_kind`` when
-    neither ``row_kind`` nor ``stages`` is overridden below the base class (None: undecided)."""
+    """The row kind the objective trains on, read from source as the base class's ``row_kind``
+    computes it (``data_kind``, or the value of ``objective.<row_kind_key>`` when that is one of
+    ``row_kinds``) when neither ``row_kind`` nor ``stages`` is overridden below the base class
+    (None: undecided, including a value outside ``row_kinds``, which the class names)."""
     node = cfg.get("objective")
     if not isinstance(node, DictConfig) or node.get("name") is None:
         return None
@@ -107,8 +110,18 @@ def static_row_kind(cfg: DictConfig, registry: Registry) -> str | None:
         owners = method_owners(target, method, stop=OBJECTIVE_BASE)
         if owners is None or [owner.target for owner, _ in owners] != [OBJECTIVE_BASE]:
             return None
-    kind = class_attribute(target, "data_kind", stop=OBJECTIVE_BASE)
-    return kind if isinstance(kind, str) else None
+    key = class_attribute(target, "row_kind_key", stop=OBJECTIVE_BASE)
+    if key is None:  # the base's None, or a value the source does not decide
+        owner = attribute_owner(target, "row_kind_key", stop=OBJECTIVE_BASE)
+        if owner is None or owner.target != OBJECTIVE_BASE:
+            return None
+        kind = class_attribute(target, "data_kind", stop=OBJECTIVE_BASE)
+        return kind if isinstance(kind, str) else None
+    kinds = class_attribute(target, "row_kinds", stop=OBJECTIVE_BASE)
+    if not isinstance(key, str) or not isinstance(kinds, tuple):
+        return None
+    kind = node.get(key)
+    return str(kind) if str(kind) in kinds else None
 
 
 def target_problem(path: str) -> str | None:

@@ -462,6 +462,20 @@ def class_attribute(target: str | ClassRef, attr: str, *, stop: str | None = Non
     return None if isinstance(value, (ModuleRef, ClassRef, FuncRef, CallRef)) else value
 
 
+def attribute_owner(target: str | ClassRef, attr: str, *, stop: str | None = None) -> ClassRef | None:
+    """The nearest class of the chain (as :func:`class_attribute` walks it) that assigns ``attr``;
+    UNKNOWN when not decidable or none does. It tells a class attribute assigned ``None`` (whose
+    :func:`class_attribute` is None too) from one the source does not decide."""
+    ref = resolve_class(target) if isinstance(target, str) else target
+    if ref is None:
+        return UNKNOWN
+    try:
+        definers = _chain_definers(ref, attr, stop)
+    except _Unknown:
+        return UNKNOWN
+    return definers[0][0] if definers else UNKNOWN
+
+
 def method_owners(target: str | ClassRef, method: str, *, stop: str | None = None) -> list[tuple[ClassRef, ast.FunctionDef]] | None:
     """The classes along ``target``'s chain that define ``method``, nearest first, each with its
     ``def``. The chain ends at the class ``stop`` names (a ``module:Class`` target: its own bases,

@@ -64,6 +64,12 @@ class Objective(L.LightningModule):
     name: ClassVar[str] = ""
     #: which rows the objective trains on (see alignx.tasks.base.ROW_KINDS)
     data_kind: ClassVar[str] = "sft"
+    #: the objective key whose value chooses the row kind instead (a reward model's
+    #: ``objective.data_kind``: pairs or ranked), one of :attr:`row_kinds`; None: always
+    #: :attr:`data_kind`. Declared rather than computed so the command line can read it from source
+    row_kind_key: ClassVar[str | None] = None
+    #: the row kinds ``objective.<row_kind_key>`` may name
+    row_kinds: ClassVar[tuple[str, ...]] = ()
     #: keys the objective's config node may hold (besides ``name``), each with its default in the
     #: objective's YAML; checked before any work. None: undeclared (nothing is checked)
     config_keys: ClassVar[frozenset[str] | None] = None
@@ -126,8 +132,15 @@ class Objective(L.LightningModule):
     # -- model and data hooks ------------------------------------------------------------
     @classmethod
     def row_kind(cls, cfg: Mapping[str, Any]) -> str:
-        """The row kind this objective trains on, given its config node (default: :attr:`data_kind`)."""
-        return cls.data_kind
+        """The row kind this objective trains on, given its config node: :attr:`data_kind`, or the
+        value of ``objective.<row_kind_key>`` when :attr:`row_kind_key` is declared."""
+        if cls.row_kind_key is None:
+            return cls.data_kind
+        kind = str(cfg[cls.row_kind_key])
+        if kind not in cls.row_kinds:
+            raise ConfigError(f"objective.{cls.row_kind_key}='{kind}' is not a row kind objective={cls.name} "
+                              f"trains on. Valid: {', '.join(cls.row_kinds)}")
+        return kind
 
     @classmethod
     def test_kind(cls, cfg: Any) -> str | None:

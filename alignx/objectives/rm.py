@@ -10,16 +10,12 @@ import torch
 
 from alignx.data.batching import collate_ranked
 from alignx.data.tokenize import encode_ranked
-from alignx.errors import ConfigError
 from alignx.losses.reward import grouped_ranking_loss
 from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head
 from alignx.objectives.base import Objective
 
 log = logging.getLogger("alignx")
-
-ROW_KINDS = ("pairs", "ranked")
-
 
 class RewardModel(Objective):
     """Bradley–Terry reward model: pairs (optional per-pair ``margin`` column) or K-wise rankings.
@@ -32,6 +28,9 @@ class RewardModel(Objective):
 
     name: ClassVar[str] = "rm"
     data_kind: ClassVar[str] = "pairs"
+    #: ``objective.data_kind`` chooses between comparisons of two completions and K-wise rankings
+    row_kind_key: ClassVar[str | None] = "data_kind"
+    row_kinds: ClassVar[tuple[str, ...]] = ("pairs", "ranked")
     generates_text: ClassVar[bool] = False
     merge_adapter_on_save: ClassVar[bool] = True
     #: held-out rows its evaluation reads: eval/rm_accuracy on test-split pairs
@@ -46,13 +45,6 @@ class RewardModel(Objective):
         self.center_coef = float(cfg["center_coef"])
         #: reported once training ends (the normalisation applied)
         self.final_metrics: dict[str, float] = {}
-
-    @classmethod
-    def row_kind(cls, cfg: Mapping[str, Any]) -> str:
-        kind = str(cfg["data_kind"])
-        if kind not in ROW_KINDS:
-            raise ConfigError(f"objective.data_kind='{kind}' is not a reward-model row kind. Valid: {', '.join(ROW_KINDS)}")
-        return kind
 
     @classmethod
     def prepare_model(cls, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any]) -> torch.nn.Module:
