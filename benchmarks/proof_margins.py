@@ -264,11 +264,11 @@ def proof_spin(work: Path, seed: int, extra: tuple[str, ...] = ()) -> tuple[list
 
 #: measurements made beside this run with the same code (not in the JSON lines), kept with the table
 NOTES = [
-    "Also measured: SPIN with `optim.lr=1e-4` instead of 3e-4 (`proof_spin(work, seed, (\"optim.lr=1e-4\",))`, "
+    ("Also measured: SPIN with `optim.lr=1e-4` instead of 3e-4 (`proof_spin(work, seed, (\"optim.lr=1e-4\",))`, "
     "seeds 0/1/2, same machine): perplexity SFT -> iteration 1 -> 2 fell in every seed (5.533 -> 5.490 -> 5.253, "
     "5.390 -> 5.244 -> 5.047, 5.800 -> 5.615 -> 5.487), but the sampled gold reward did not rise twice in a row "
     "(0.0148 -> 0.0222 -> 0.0327, 0.0233 -> 0.0327 -> 0.0148, 0.0253 -> 0.0479 -> 0.0407): at these levels "
-    "(2-5% of the sentiment gold scale, 128 prompts) the gold curve is within sampling noise.",
+    "(2-5% of the sentiment gold scale, 128 prompts) the gold curve is within sampling noise."),
 ]
 
 RUNNERS = {
@@ -293,12 +293,12 @@ def report(rows: list[dict], seeds: list[int], threads: str) -> str:
     lines = [
         "# Margins of the \"alignment helps\" proof tests over seeds",
         "",
-        f"Written by `OMP_NUM_THREADS={threads} python benchmarks/proof_margins.py` on {platform.machine()} CPU "
+        (f"Written by `OMP_NUM_THREADS={threads} python benchmarks/proof_margins.py` on {platform.machine()} CPU "
         "(one process, proofs run one after another; the machine was shared with another 2-process sweep). "
         "Each seed is a full replicate: `seed=<s>` is set on the SFT / reward-model fixture stage and on the "
         "proof's own job, with every other setting exactly the test's. A value is the quantity the test "
         "compares with the threshold; the margin is how far the worst seed clears it (negative: that seed "
-        "fails the test). Raw values: `proof-margins-cpu.jsonl`.",
+        "fails the test). Raw values: `proof-margins-cpu.jsonl`."),
         "",
         "| proof | assertion | threshold | " + " | ".join(f"seed {s}" for s in seeds) + " | smallest margin |",
         "|---|---|---|" + "---|" * len(seeds) + "---|",

@@ -21,6 +21,18 @@ MIN_GAIN = {"sentiment": 0.2, "arithmetic": 0.08, "format": 0.15}
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["sentiment", "arithmetic", "format"])
 def test_sft_raises_gold_reward_of_samples(tmp_path, task, request):
+    """300 SFT steps of model=tiny raise the held-out sampled gold reward by ``MIN_GAIN[task]`` over the
+    untrained model, raise the greedy one, and cut the perplexity of held-out targets at least 4-fold.
+
+    Measured margin (benchmarks/results/proof-margins-cpu.md, ``OMP_NUM_THREADS=1 python
+    benchmarks/proof_margins.py``: ``seed=`` on the untrained model's evaluation and on the SFT run),
+    sampled gold gain for seeds 0/1/2 (the suite runs seed 0):
+    sentiment 0.401 / 0.358 / 0.267 (+0.067 at least against the 0.2 required);
+    arithmetic 0.112 / 0.138 / 0.052 (seed 2 FAILS the 0.08 bar by 0.028: its SFT model samples 0.091
+    against the untrained model's 0.039; seed 0 clears it by +0.032);
+    format 0.258 / 0.297 / 0.367 (+0.108 at least against 0.15).
+    Greedy gain +0.23 at least (bar 0); perplexity after / before 0.007-0.013 (bar 0.25).
+    """
     cfg = compose(
         [
             f"dataset={task}",
