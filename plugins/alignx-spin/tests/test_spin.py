@@ -72,19 +72,19 @@ def test_bad_config_is_named_before_any_run(tmp_path: Path, override: str, messa
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_spin_improves_a_weak_sft_model(tmp_path: Path):
-    """From a weak SFT model (sentiment, model=tiny), two SPIN iterations raise the log-likelihood
-    of held-out SFT targets (lower perplexity) and the gold reward of samples; each iteration is
-    a nested MLflow run whose reference is the previous iterate.
+def test_spin_iterations_make_held_out_targets_more_likely(tmp_path: Path):
+    """From a weak SFT model (sentiment, model=tiny), each of two SPIN iterations raises the
+    log-likelihood of held-out SFT targets (lower perplexity: SPIN's objective is to move the
+    policy towards the SFT data and away from its own samples); each iteration is a nested MLflow
+    run whose reference is the previous iterate.
 
-    Measured (benchmarks/results/proof-margins-cpu.md, ``OMP_NUM_THREADS=1 python
-    benchmarks/proof_margins.py``; ``seed=`` on the weak SFT run and on the SPIN job): only seed 0,
-    the one the suite runs, passes. Perplexity SFT -> iteration 1 -> 2: 5.533 -> 5.449 -> 5.189 /
-    5.390 -> 5.279 -> 5.465 / 5.800 -> 6.220 -> 5.701 (seeds 0/1/2); sampled gold: 0.0148 -> 0.0232 ->
-    0.0339 / 0.0233 -> 0.0298 -> 0.0245 / 0.0253 -> 0.0212 -> 0.0412, so iteration 2 / SFT is 2.28 /
-    1.05 / 1.63 against the 2 required (smallest margin -0.95, seed 1). At lr 1e-4 the perplexity fell
-    at every iteration in all three seeds but the gold curve still did not (seeds 1 and 2): at 2-5% of
-    the gold scale on 128 prompts it is within sampling noise. Not yet a proof that holds over seeds.
+    Measured over seeds 0/1/2 at these settings (lr 1e-4; ``seed=`` on the weak SFT run and on the
+    SPIN job, one intra-op thread; benchmarks/results/proof-margins-cpu.md, "Also measured"):
+    perplexity SFT -> iteration 1 -> 2 was 5.533 -> 5.490 -> 5.253, 5.390 -> 5.244 -> 5.047 and
+    5.800 -> 5.615 -> 5.487: every step fell, the smallest fall 0.043 (seed 0, iteration 1). The
+    gold reward of samples is reported, not asserted: at 0.015-0.05 (2-5% of the gold scale, 128
+    prompts) it rose over both iterations in one seed of three. At lr 3e-4 (the earlier setting)
+    seeds 1 and 2 broke the perplexity ordering too (5.390 -> 5.279 -> 5.465, 5.800 -> 6.220 -> 5.701).
     """
     store = [f"outputs_root={tmp_path}"]
     # weak: 100 steps (the README's quickstart SFT takes 300); its samples are still mostly not words
@@ -94,7 +94,7 @@ def test_spin_improves_a_weak_sft_model(tmp_path: Path):
 
     overrides = [*TINY, *store, "objective=spin", "objective.iterations=2", "objective.beta=0.5",
                  "objective.max_new_tokens=32", "model=hf", f"model.name_or_path={sft.model_dir}",
-                 "trainer.max_steps=20", "optim.lr=3e-4", "scheduler=constant"]
+                 "trainer.max_steps=20", "optim.lr=1e-4", "scheduler=constant"]
     job = run_job(compose([*overrides, f"output_dir={tmp_path / 'spin'}"]), overrides)
 
     curve = [start] + [{k: job.metrics[f"iteration_{i}/{k}"] for k in start} for i in (1, 2)]
@@ -114,7 +114,5 @@ def test_spin_improves_a_weak_sft_model(tmp_path: Path):
         assert run.data.metrics["spin/train/pairs"] > 450  # nearly every prompt gave a pair
         assert "train/rewards/accuracies" in run.data.metrics
 
-    # each iteration: held-out SFT targets more likely; samples' gold reward higher
+    # each iteration: held-out SFT targets more likely
     assert curve[2]["eval/perplexity"] < curve[1]["eval/perplexity"] < curve[0]["eval/perplexity"]
-    assert curve[2]["eval/gold_reward_sampled"] > curve[1]["eval/gold_reward_sampled"] > curve[0]["eval/gold_reward_sampled"]
-    assert curve[2]["eval/gold_reward_sampled"] > 2 * curve[0]["eval/gold_reward_sampled"]
