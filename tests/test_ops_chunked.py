@@ -300,12 +300,16 @@ def test_bfloat16_accumulates_in_float32(device):
         torch.testing.assert_close(g.float(), w.float(), rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_float32_equals_plain_path():
+#: every device this machine has: the CPU always, a GPU where one is present (no test is skipped)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_on_each_device_equals_plain_path(device):
     hidden, weight, b, labels = batch(torch.float32, bias=True, head_grad=True, seed=6)
-    hidden, weight, b = (x.detach().cuda().requires_grad_(True) for x in (hidden, weight, b))
-    got, _ = sequence_logps_from_hidden(hidden, weight, labels.cuda(), bias=b, chunk_size=5)
-    want, _ = plain_sequence_logps(hidden, weight, b, labels.cuda())
+    hidden, weight, b = (x.detach().to(device).requires_grad_(True) for x in (hidden, weight, b))
+    got, _ = sequence_logps_from_hidden(hidden, weight, labels.to(device), bias=b, chunk_size=5)
+    want, _ = plain_sequence_logps(hidden, weight, b, labels.to(device))
     close(got, want, 1e-4)  # TF32 may be on for CUDA matmuls
     for g, w in zip(grads(got, [hidden, weight, b]), grads(want, [hidden, weight, b])):
         close(g, w, 1e-4)
