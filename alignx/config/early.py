@@ -57,6 +57,14 @@ def _static_options(registry: Registry) -> Any:
     return options_of
 
 
+def _objective_target(cfg: DictConfig, registry: Registry) -> tuple[Any, str | None]:
+    """The job's objective node and the import path its class is registered by (None: unknown)."""
+    node = cfg.get("objective")
+    if not isinstance(node, DictConfig) or node.get("name") is None:
+        return node, None
+    return node, lazy_target(registry, "objective", str(node.name))
+
+
 def check_objective_keys_static(cfg: DictConfig, registry: Registry) -> bool:
     """``objective.*`` keys outside what the objective's class allows, as the one line
     :meth:`~alignx.objectives.Objective.check_config` raises, without importing the class.
@@ -66,10 +74,7 @@ def check_objective_keys_static(cfg: DictConfig, registry: Registry) -> bool:
     statement of its own, and the chain ends in the base class (whose ``check_config`` applies
     :func:`~alignx.config.objective_keys`). Returns whether the check was decided (and passed).
     """
-    node = cfg.get("objective")
-    if not isinstance(node, DictConfig) or node.get("name") is None:
-        return False
-    target = lazy_target(registry, "objective", str(node.name))
+    node, target = _objective_target(cfg, registry)
     if target is None:
         return False
     owners = method_owners(target, "check_config", stop=OBJECTIVE_BASE)
@@ -100,10 +105,7 @@ def static_row_kind(cfg: DictConfig, registry: Registry) -> str | None:
     computes it (``data_kind``, or the value of ``objective.<row_kind_key>`` when that is one of
     ``row_kinds``) when neither ``row_kind`` nor ``stages`` is overridden below the base class
     (None: undecided, including a value outside ``row_kinds``, which the class names)."""
-    node = cfg.get("objective")
-    if not isinstance(node, DictConfig) or node.get("name") is None:
-        return None
-    target = lazy_target(registry, "objective", str(node.name))
+    node, target = _objective_target(cfg, registry)
     if target is None:
         return None
     for method in ("row_kind", "stages"):

@@ -446,33 +446,35 @@ def class_attribute(target: str | ClassRef, attr: str, *, stop: str | None = Non
     """The value of class attribute ``attr`` (``data_kind``, ``config_keys``, ...) of a class, read
     from the nearest class of its chain (up to ``stop``, see :func:`method_owners`) that assigns it;
     UNKNOWN when not statically decidable, also when no class of the chain assigns it."""
-    ref = resolve_class(target) if isinstance(target, str) else target
-    if ref is None:
+    definers = _definers_of(target, attr, stop)
+    if not definers:
+        return UNKNOWN
+    owner, stmt = definers[0]
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return UNKNOWN
     try:
-        definers = _chain_definers(ref, attr, stop)
-        if not definers:
-            return UNKNOWN
-        owner, stmt = definers[0]
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            return UNKNOWN
         value = _eval(_assigned_value(stmt), owner.module, _class_node(owner), 0)
     except _Unknown:
         return UNKNOWN
     return None if isinstance(value, (ModuleRef, ClassRef, FuncRef, CallRef)) else value
 
 
-def attribute_owner(target: str | ClassRef, attr: str, *, stop: str | None = None) -> ClassRef | None:
-    """The nearest class of the chain (as :func:`class_attribute` walks it) that assigns ``attr``;
-    UNKNOWN when not decidable or none does. It tells a class attribute assigned ``None`` (whose
-    :func:`class_attribute` is None too) from one the source does not decide."""
+def _definers_of(target: str | ClassRef, attr: str, stop: str | None) -> list[tuple[ClassRef, ast.stmt]] | None:
+    """:func:`_chain_definers` from a registry target or a class, UNKNOWN when not decidable."""
     ref = resolve_class(target) if isinstance(target, str) else target
     if ref is None:
         return UNKNOWN
     try:
-        definers = _chain_definers(ref, attr, stop)
+        return _chain_definers(ref, attr, stop)
     except _Unknown:
         return UNKNOWN
+
+
+def attribute_owner(target: str | ClassRef, attr: str, *, stop: str | None = None) -> ClassRef | None:
+    """The nearest class of the chain (as :func:`class_attribute` walks it) that assigns ``attr``;
+    UNKNOWN when not decidable or none does. It tells a class attribute assigned ``None`` (whose
+    :func:`class_attribute` is None too) from one the source does not decide."""
+    definers = _definers_of(target, attr, stop)
     return definers[0][0] if definers else UNKNOWN
 
 
@@ -482,16 +484,10 @@ def method_owners(target: str | ClassRef, method: str, *, stop: str | None = Non
     e.g. Lightning's, are trusted not to set what is asked) or at a class deriving from ``object``
     only; UNKNOWN when a base cannot be resolved before that, a class of the chain is decorated,
     has a metaclass or ``__init_subclass__`` may set it, or ``method`` is bound to a non-function."""
-    ref = resolve_class(target) if isinstance(target, str) else target
-    if ref is None:
+    definers = _definers_of(target, method, stop)
+    if definers is None or not all(isinstance(stmt, ast.FunctionDef) for _, stmt in definers):
         return UNKNOWN
-    try:
-        definers = _chain_definers(ref, method, stop)
-    except _Unknown:
-        return UNKNOWN
-    if not all(isinstance(stmt, ast.FunctionDef) for _, stmt in definers):
-        return UNKNOWN
-    return [(owner, stmt) for owner, stmt in definers]  # type: ignore[misc]
+    return definers  # type: ignore[return-value]
 
 
 #: method names whose call may change a config node in place (``node.pop(...)``, ``open_dict(node)``)
