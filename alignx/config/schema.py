@@ -202,6 +202,10 @@ class ModelSchema:
 
     # null = log-probs from the logits; N >= 1 = from the hidden states, N positions at a time
     logprob_chunk_size: Optional[int] = spec(ge=1)
+    # true = forward passes on the real tokens only (alignx.models.packing)
+    padding_free: bool = spec()
+    # true = transformers' gradient checkpointing on the trained model(s)
+    gradient_checkpointing: bool = spec()
 
 
 @dataclass

@@ -67,7 +67,7 @@ def _head_name(model: torch.nn.Module) -> str:
 
 
 def token_values(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The scalar head's output at **every** position [B, T] (a value model's V(s_t)).
 

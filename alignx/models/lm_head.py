@@ -22,6 +22,7 @@ import torch
 
 from alignx.errors import ConfigError
 from alignx.models.adapters import is_peft
+from alignx.models.packing import pack, packed
 
 KEY = "model.logprob_chunk_size"
 
@@ -83,6 +84,8 @@ def head_inputs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor | None = None,
+    *,
+    padding_free: bool = False,
 ) -> HeadInputs:
     """Run ``model`` up to its final hidden states; return them with its output head's weight and bias.
 
@@ -91,12 +94,23 @@ def head_inputs(
     but the logits are never built. A peft model runs with its adapters (or without them, inside
     its ``disable_adapter()`` block). Under autocast both are cast to the autocast dtype, else the
     weight to the hidden states' dtype (differentiable casts), as the head's own matmul would
-    compute. Raises :class:`ConfigError` for
-    a model that is not a linear head over a decoder (see :func:`check_lm_head`).
+    compute. With ``padding_free`` the decoder runs on the batch's real tokens only, packed into
+    one row with attention kept per row (:mod:`alignx.models.packing`; right-padded batches, default
+    positions), and the hidden states come back in the padded [B, T, H] layout, zeros at padding.
+    Raises :class:`ConfigError` for a model that is not a linear head over a decoder (see
+    :func:`check_lm_head`).
     """
     decoder, head = _parts(model)
-    kwargs = {} if position_ids is None else {"position_ids": position_ids}
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
+    if padding_free:
+        if position_ids is not None:
+            raise ValueError("padding-free forwards use each row's default positions; position_ids cannot be given")
+        batch = pack(input_ids, attention_mask)
+        with packed(model, batch):
+            out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None, use_cache=False)
+        hidden = batch.unpack(out.last_hidden_state)
+    else:
+        kwargs = {} if position_ids is None else {"position_ids": position_ids}
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
     weight, bias = head.weight, head.bias
     if weight.dim() != 2 or weight.size(1) != hidden.size(-1):
         # e.g. a head sharded by FSDP/ZeRO-3 outside its own forward

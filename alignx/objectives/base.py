@@ -36,6 +36,7 @@ from alignx.losses.preference import completion_logits_mean, sequence_logps
 from alignx.losses.sft import sft_loss
 from alignx.models.adapters import is_peft
 from alignx.models.lm_head import head_inputs
+from alignx.models.packing import enable_padding_free, pack, packed
 from alignx.models.reference import PrecomputeReferenceLogps
 from alignx.ops.chunked import (
     completion_logits_mean_from_hidden,
@@ -100,6 +101,10 @@ class Objective(L.LightningModule):
     #: from the model's logits; N = from its final hidden states, N labelled positions at a time,
     #: never the [B, T, V] logits (:meth:`completion_logps`, :meth:`completion_cross_entropy`)
     logprob_chunk_size: int | None = None
+    #: ``model.padding_free`` of the job, set per instance by :meth:`bind`: the forward passes of
+    #: :meth:`completion_logps` and :meth:`completion_cross_entropy` run on the batch's real tokens
+    #: only, packed into one row with attention kept per row (:mod:`alignx.models.packing`)
+    padding_free: bool = False
 
     def __init__(
         self,
@@ -252,10 +257,15 @@ class Objective(L.LightningModule):
 
     def bind(self, job: "JobContext") -> None:
         """What the job calls before fitting: keeps ``job`` as :attr:`context`, reads
-        ``model.logprob_chunk_size`` into :attr:`logprob_chunk_size`, then :meth:`attach`."""
+        ``model.logprob_chunk_size`` into :attr:`logprob_chunk_size` and ``model.padding_free`` into
+        :attr:`padding_free` (switching the model's attention, or a ConfigError naming the key for
+        a model that cannot), then :meth:`attach`."""
         self.context = job
         size = job.cfg.model.logprob_chunk_size
         self.logprob_chunk_size = None if size is None else int(size)
+        self.padding_free = bool(job.cfg.model.padding_free)
+        if self.padding_free:
+            enable_padding_free(self.model)
         self.attach(job)
 
     def attach(self, job: "JobContext") -> None:
@@ -283,13 +293,14 @@ class Objective(L.LightningModule):
         With :attr:`logprob_chunk_size` None this is :func:`~alignx.losses.sequence_logps` on the
         model's logits; with N it is computed from the final hidden states N labelled positions at
         a time (:mod:`alignx.ops.chunked`), equal up to float rounding, without the [B, T, V]
-        logits. Gradients flow as far as the caller's grad mode allows.
+        logits. With :attr:`padding_free` the model runs on the real tokens only (same values up
+        to float rounding). Gradients flow as far as the caller's grad mode allows.
         """
         if self.logprob_chunk_size is None:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self._logits(model, input_ids, attention_mask)
             logps, n_tokens = sequence_logps(logits, labels)
             return CompletionLogps(logps, n_tokens, completion_logits_mean(logits, labels) if logits_mean else None)
-        h = head_inputs(model, input_ids, attention_mask)
+        h = head_inputs(model, input_ids, attention_mask, padding_free=self.padding_free)
         logps, n_tokens = sequence_logps_from_hidden(h.hidden, h.weight, labels, bias=h.bias, chunk_size=self.logprob_chunk_size)
         means = completion_logits_mean_from_hidden(h.hidden, h.weight, labels, bias=h.bias) if logits_mean else None
         return CompletionLogps(logps, n_tokens, means)
@@ -299,10 +310,18 @@ class Objective(L.LightningModule):
         tokens (:func:`~alignx.losses.sft_loss`), from the logits or, with :attr:`logprob_chunk_size`
         set, from the final hidden states by chunks (as :meth:`completion_logps`)."""
         if self.logprob_chunk_size is None:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            return sft_loss(logits, batch["labels"])
-        h = head_inputs(model, batch["input_ids"], batch["attention_mask"])
+            return sft_loss(self._logits(model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        h = head_inputs(model, batch["input_ids"], batch["attention_mask"], padding_free=self.padding_free)
         return cross_entropy_from_hidden(h.hidden, h.weight, batch["labels"], bias=h.bias, chunk_size=self.logprob_chunk_size)
+
+    def _logits(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The [B, T, V] logits of the model's forward, padded or padding-free (zeros at padding)."""
+        if not self.padding_free:
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits
+        batch = pack(input_ids, attention_mask)
+        with packed(model, batch):
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None).logits
+        return batch.unpack(logits)
 
     # -- training ------------------------------------------------------------------------
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

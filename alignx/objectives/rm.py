@@ -12,7 +12,8 @@ from alignx.data.batching import collate_ranked
 from alignx.data.tokenize import encode_ranked
 from alignx.losses.reward import grouped_ranking_loss
 from alignx.models.adapters import is_peft
-from alignx.models.heads import add_reward_head
+from alignx.models.heads import add_reward_head, token_values
+from alignx.models.packing import pack, packed
 from alignx.objectives.base import Objective
 
 log = logging.getLogger("alignx")
@@ -61,8 +62,17 @@ class RewardModel(Objective):
         return partial(collate_ranked, pad_id=tokenizer.pad_token_id)
 
     def rewards(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Scalar reward of every response in the batch, [N]."""
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+        """Scalar reward of every response in the batch, [N]: the head at each response's last token.
+
+        With :attr:`padding_free` the backbone runs on the real tokens only, packed into one row
+        (attention per response), and the head's output is read at each response's last token.
+        """
+        if not self.padding_free:
+            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+        rows = pack(batch["input_ids"], batch["attention_mask"])
+        with packed(self.model, rows):
+            values = token_values(self.model, rows.input_ids, None, rows.position_ids)
+        return values[0, rows.last_index].float()
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return grouped_ranking_loss(
