@@ -21,6 +21,7 @@ from alignx.data.cache import ENCODING_KEYS
 from alignx.errors import ConfigError
 from alignx.generation import encode_prompts, left_pad, sample
 from alignx.models.adapters import lora
+from alignx.models.compute import enable_gradient_checkpointing
 from alignx.models.loading import build_llama
 from alignx.models.packing import IMPLEMENTATION, enable_padding_free, pack, packed
 from alignx.objectives.base import JobContext, Objective, ReferenceObjective
@@ -51,6 +52,8 @@ def _objective(overrides: list[str], padding_free: bool, adapter: bool) -> tuple
     model, tok = build_llama(cfg.model)
     torch.manual_seed(0)  # a reward head and LoRA's A are drawn from the global RNG: both settings get the same
     model = cls.prepare_model(model, tok, cfg.objective)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     g = torch.Generator().manual_seed(1)
     if adapter:
         model = lora(model, cfg.adapter)
@@ -95,8 +98,12 @@ CASES = [
     ["objective=rm", "objective.data_kind=ranked"],
     ["objective=sft", "model.logprob_chunk_size=5"],
     ["objective=dpo", "model.logprob_chunk_size=5"],
+    # the backward pass runs the layers again, after the packed forward returned
+    ["objective=rm", "model.gradient_checkpointing=true"],
+    ["objective=sft", "model.gradient_checkpointing=true"],
 ]
-IDS = ["sft", "dpo-sigmoid", "dpo-ipo", "dpo-simpo", "kto", "rm-pairs", "rm-ranked", "sft-chunked", "dpo-chunked"]
+IDS = ["sft", "dpo-sigmoid", "dpo-ipo", "dpo-simpo", "kto", "rm-pairs", "rm-ranked", "sft-chunked", "dpo-chunked",
+       "rm-checkpointing", "sft-checkpointing"]
 
 
 @pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
@@ -138,7 +145,7 @@ def test_packed_rows_never_see_each_other():
     def hidden(input_ids: torch.Tensor) -> torch.Tensor:
         rows = pack(input_ids, mask)
         with packed(model, rows), torch.no_grad():
-            out = decoder(input_ids=rows.input_ids, position_ids=rows.position_ids, attention_mask=None).last_hidden_state
+            out = decoder(**rows.forward_kwargs).last_hidden_state
         return rows.unpack(out)
 
     base = hidden(ids)

@@ -151,6 +151,8 @@ class TrainerSchema:
     limit_val_batches: Union[int, float] = spec(check=_fraction_or_count(lo_open=False))
     deterministic: Optional[Union[bool, Literal["warn"]]] = spec()
     enable_progress_bar: Optional[bool] = spec()
+    # alignx's, popped before the Trainer is built: torch.compile the policy's decoder layers
+    compile: bool = spec()
 
 
 @dataclass
@@ -263,7 +265,7 @@ TOP_LEVEL = {
     "callbacks",
 }
 #: trainer keys alignx handles itself rather than passing to lightning.Trainer
-TRAINER_EXTRA_KEYS = {"_target_"}
+TRAINER_EXTRA_KEYS = {"_target_", "compile"}
 #: keys of a ``_target_`` node that Hydra's instantiate reads itself
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from alignx.checkpoint import checkpoint_io, model_checkpoint
 from alignx.errors import ConfigError
 from alignx.job.console import ShortRunValidation, StepProgressBar
+from alignx.models.compute import enable_gradient_checkpointing
 from alignx.models.loading import save_pretrained_atomic
 from alignx.objectives.base import Objective
 from alignx.objectives.guards import DivergenceGuard
@@ -45,6 +46,8 @@ def build_policy(
     model, tokenizer = registry.get("model", str(cfg.model.kind))(cfg.model)
     if objective_cls is not None:
         model = objective_cls.prepare_model(model, tokenizer, cfg.objective)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     adapter_name = str(cfg.adapter.name)
     base_dir = None
     if adapter_name != "none":
@@ -93,6 +96,7 @@ def build_trainer(
     ``trainer.gradient_clip_val`` is read by the objective rather than passed to Lightning.
     """
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    targs.pop("compile")  # alignx's own key: Objective.bind compiles the policy
     if manual_optimization:
         _quiet_manual_optimization(targs)
     every = cfg.checkpoint.every_n_steps

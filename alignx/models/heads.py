@@ -67,13 +67,18 @@ def _head_name(model: torch.nn.Module) -> str:
 
 
 def token_values(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None = None,
+    **forward_kwargs: object,
 ) -> torch.Tensor:
     """The scalar head's output at **every** position [B, T] (a value model's V(s_t)).
 
     A sequence classifier applies its head to every hidden state and then keeps the last
     non-pad one; a forward hook on the head keeps them all, so the same code serves plain and
-    peft-wrapped models of any architecture.
+    peft-wrapped models of any architecture. ``forward_kwargs`` reach the model's forward (a
+    packed batch's row boundaries, :mod:`alignx.models.packing`).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(base, _head_name(model))
@@ -81,7 +86,7 @@ def token_values(
     handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         kwargs = {} if position_ids is None else {"position_ids": position_ids}
-        model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs, **forward_kwargs)
     finally:
         handle.remove()
     return captured[-1].squeeze(-1)

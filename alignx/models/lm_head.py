@@ -106,7 +106,7 @@ def head_inputs(
             raise ValueError("padding-free forwards use each row's default positions; position_ids cannot be given")
         batch = pack(input_ids, attention_mask)
         with packed(model, batch):
-            out = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None, use_cache=False)
+            out = decoder(**batch.forward_kwargs, use_cache=False)
         hidden = batch.unpack(out.last_hidden_state)
     else:
         kwargs = {} if position_ids is None else {"position_ids": position_ids}

@@ -10,11 +10,14 @@ layout afterwards, so losses, log-probs and metrics are computed by exactly the 
 path uses and equal it up to float rounding (docs/losses.md, "Padding-free batches").
 
 How attention is kept per row: a transformers attention implementation registered under
-:data:`IMPLEMENTATION`. While a packed forward runs (inside :func:`packed`), it computes scaled
-dot-product attention on each row's slice of the packed queries, keys and values; outside one
-(generation, evaluation, any caller passing an attention mask) it is transformers' own SDPA
-attention with its usual mask. The batch layout travels in a context variable rather than in the
-model's keyword arguments, so peft wrappers and heads in between need not forward anything.
+:data:`IMPLEMENTATION`. Given the row boundaries (``cu_seq_lens_q``, the keyword arguments
+transformers' flash-attention path takes for packed rows, which models pass down to their
+attention), it computes scaled dot-product attention on each row's slice of the packed queries,
+keys and values; without them (generation, evaluation, any caller passing an attention mask) it
+is transformers' own SDPA attention with its usual mask. The boundaries travel as forward
+arguments, not as state, because gradient checkpointing calls the layers again in the backward
+pass, after the forward returned; only the mask builder, which runs once per forward, reads the
+:func:`packed` context.
 
 Supported: transformers models that dispatch attention through ``config._attn_implementation``
 (Llama, Mistral, Qwen2, Gemma, GPT-2 and most others since transformers 4.48), plain or
@@ -38,7 +41,8 @@ KEY = "model.padding_free"
 #: the name of alignx's per-row attention in transformers' attention registries
 IMPLEMENTATION = "alignx_varlen"
 
-#: row boundaries of the packed forward in progress (offsets into the packed sequence), or None
+#: row boundaries of the packed forward in progress (offsets into the packed sequence), or None: read
+#: by the mask builder only
 _BOUNDS: contextvars.ContextVar[tuple[int, ...] | None] = contextvars.ContextVar("alignx_packed_bounds", default=None)
 
 
@@ -60,6 +64,14 @@ class PackedBatch(NamedTuple):
     def last_index(self) -> torch.Tensor:
         """Position in the packed sequence of each row's last real token [B] (-1 for an empty row)."""
         return torch.tensor(self.bounds[1:], device=self.index.device) - 1
+
+    @property
+    def forward_kwargs(self) -> dict[str, object]:
+        """The model's keyword arguments for this packed batch (inputs, positions, row boundaries)."""
+        cu = torch.tensor(self.bounds, dtype=torch.int32, device=self.index.device)
+        longest = max((e - a for a, e in zip(self.bounds[:-1], self.bounds[1:])), default=0)
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "attention_mask": None,
+                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """Packed per-token values [1, N, ...] -> the padded layout [B, T, ...], zeros at padding.
@@ -100,14 +112,17 @@ def _per_row_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention-function signature: [1, H, N, D] tensors in, [1, N, H, D] out."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    bounds = _BOUNDS.get()
-    if bounds is None:
+    if cu_seq_lens_q is None:
+        for name in ("cu_seq_lens_k", "max_length_q", "max_length_k"):
+            kwargs.pop(name, None)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    bounds = cu_seq_lens_q.tolist()
     groups = query.size(1) // key.size(1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
@@ -121,7 +136,7 @@ def _per_row_attention(
 
 
 def _per_row_mask(*args, **kwargs) -> torch.Tensor | None:
-    """No mask during a packed forward (attention is per row already); SDPA's mask otherwise."""
+    """No mask inside :func:`packed` (attention is per row already); SDPA's mask otherwise."""
     from transformers.masking_utils import sdpa_mask
 
     return None if _BOUNDS.get() is not None else sdpa_mask(*args, **kwargs)
@@ -161,10 +176,11 @@ def enable_padding_free(model: torch.nn.Module) -> None:
 
 @contextmanager
 def packed(model: torch.nn.Module, batch: PackedBatch) -> Iterator[None]:
-    """Run the block's forward passes of ``model`` on the packed ``batch``, attention per row.
+    """The block runs ``model`` on the packed ``batch``: call it with ``**batch.forward_kwargs``.
 
     Switches ``model`` to the per-row attention first (:func:`enable_padding_free`): under any
-    other implementation a packed row would attend across its sequences.
+    other implementation a packed row would attend across its sequences. Inside the block the
+    model builds no attention mask.
     """
     enable_padding_free(model)
     token = _BOUNDS.set(batch.bounds)

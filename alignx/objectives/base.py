@@ -35,6 +35,7 @@ from alignx.errors import ConfigError
 from alignx.losses.preference import completion_logits_mean, sequence_logps
 from alignx.losses.sft import sft_loss
 from alignx.models.adapters import is_peft
+from alignx.models.compute import compile_model
 from alignx.models.lm_head import head_inputs
 from alignx.models.packing import enable_padding_free, pack, packed
 from alignx.models.reference import PrecomputeReferenceLogps
@@ -259,13 +260,16 @@ class Objective(L.LightningModule):
         """What the job calls before fitting: keeps ``job`` as :attr:`context`, reads
         ``model.logprob_chunk_size`` into :attr:`logprob_chunk_size` and ``model.padding_free`` into
         :attr:`padding_free` (switching the model's attention, or a ConfigError naming the key for
-        a model that cannot), then :meth:`attach`."""
+        a model that cannot), compiles the policy's layers with ``trainer.compile``, then :meth:`attach`."""
         self.context = job
         size = job.cfg.model.logprob_chunk_size
         self.logprob_chunk_size = None if size is None else int(size)
         self.padding_free = bool(job.cfg.model.padding_free)
         if self.padding_free:
             enable_padding_free(self.model)
+        if job.cfg.trainer.compile:
+            # after the reference copy was made (at construction): only the trained policy is compiled
+            compile_model(self.model)
         self.attach(job)
 
     def attach(self, job: "JobContext") -> None:
@@ -316,11 +320,12 @@ class Objective(L.LightningModule):
 
     def _logits(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The [B, T, V] logits of the model's forward, padded or padding-free (zeros at padding)."""
+        # use_cache=False: a training forward has no use for the key/value cache transformers builds by default
         if not self.padding_free:
-            return model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         batch = pack(input_ids, attention_mask)
         with packed(model, batch):
-            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None).logits
+            logits = model(**batch.forward_kwargs, use_cache=False).logits
         return batch.unpack(logits)
 
     # -- training ------------------------------------------------------------------------

@@ -68,10 +68,10 @@ class RewardModel(Objective):
         (attention per response), and the head's output is read at each response's last token.
         """
         if not self.padding_free:
-            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits.squeeze(-1).float()
         rows = pack(batch["input_ids"], batch["attention_mask"])
         with packed(self.model, rows):
-            values = token_values(self.model, rows.input_ids, None, rows.position_ids)
+            values = token_values(self.model, **rows.forward_kwargs)
         return values[0, rows.last_index].float()
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
