@@ -344,9 +344,11 @@ def config_available(name: str, chunk: int) -> str | None:
     return None
 
 
-def run_child(spec: dict, timeout: float) -> dict:
+def run_child(spec: dict, timeout: float, threads: int | None) -> dict:
     cmd = [sys.executable, __file__, "--one", json.dumps(spec)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['side']} {spec['model']} {spec['objective']} {spec['config']} failed:\n{proc.stderr[-4000:]}")
@@ -424,6 +426,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the markdown here (default: print only)")
     parser.add_argument("--jsonl", type=Path, help="append every run's raw measurements here")
     parser.add_argument("--note", default="", help="a line added under the header (e.g. what else loaded the machine)")
+    parser.add_argument("--threads", type=int, help="torch threads of every run (OMP_NUM_THREADS; default: torch's own "
+                        "choice, one per core). On a machine shared with other work, fewer threads than cores avoids "
+                        "OpenMP threads spinning against the other load")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -479,7 +484,7 @@ def main() -> None:
                         spec = dict(side=side, model=model, objective=objective, config=config, model_dir=str(model_dir),
                                     rows_file=str(rows_file), steps=steps, warmup=warmup, out_dir=str(out_dir),
                                     max_length=spec_m["max_length"], chunk=args.chunk)
-                        r = run_child(spec, args.timeout)
+                        r = run_child(spec, args.timeout, args.threads)
                         r["repeat"] = rep
                         results.append(r)
                         if args.jsonl:
@@ -493,7 +498,8 @@ def main() -> None:
     command = "python benchmarks/trl_side_by_side.py " + " ".join(sys.argv[1:])
     header = [
         "# alignx vs TRL, side by side (CPU)", "",
-        f"{started:%Y-%m-%d %H:%M} UTC, {minutes:.0f} min; {versions()}; torch threads {torch.get_num_threads()} "
+        f"{started:%Y-%m-%d %H:%M} UTC, {minutes:.0f} min; {versions()}; torch threads per run "
+        f"{results[0]['threads'] if results else torch.get_num_threads()} "
         f"(of {os.cpu_count()} CPUs); fp32, batch 8, lr 1e-4; {args.repeats} alternation(s), medians; "
         f"chunked configurations at model.logprob_chunk_size={args.chunk}.", "",
         f"Command: `{command}`", "",
