@@ -36,6 +36,16 @@ FAST = [
 ]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (the multi-minute proofs) run first, the order otherwise unchanged.
+
+    pytest-xdist hands tests to its workers in collection order: a proof collected last (the SPIN
+    plugin's, after every file under tests/) would run alone on one worker at the end while the
+    other sits idle. Started first, the proofs overlap and the short tests fill both queues' ends.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may touch the network: hub clients fail fast instead of hanging."""

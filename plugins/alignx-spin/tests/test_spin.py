@@ -72,6 +72,7 @@ def test_bad_config_is_named_before_any_run(tmp_path: Path, override: str, messa
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_spin_iterations_make_held_out_targets_more_likely(tmp_path: Path):
     """From a weak SFT model (sentiment, model=tiny), each of two SPIN iterations raises the
     log-likelihood of held-out SFT targets (lower perplexity: SPIN's objective is to move the
