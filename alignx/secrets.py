@@ -1,8 +1,11 @@
 """Secret-looking values: how alignx recognises them and masks them before anything leaves the process.
 
 A value is secret when the last component of its dotted key names a secret (``tracking.password``,
-``hf_token``, ``headers.Authorization``, ``aws_secret_access_key``, ``private_key``) or when it is
-the ``user:password@`` part of a URL. Everything alignx writes down (MLflow params and tags, saved
+``hf_token``, ``headers.Authorization``, ``aws_secret_access_key``, ``private_key``), when it is
+the ``user:password@`` part of a URL, or when the value itself has the shape of a credential
+(``hf_`` + 30 letters/digits, ``sk-...``, an AWS access key id ``AKIA...``, ``ghp_...``). Keys are
+matched by whole words, never substrings: ``model.num_key_value_heads``, ``max_new_tokens``,
+``pad_token_id`` and ``prompt_key`` are settings, not secrets. Everything alignx writes down (MLflow params and tags, saved
 config files, artifacts, log lines, error messages) goes through one of the functions here.
 
 Pure on purpose: no MLflow, Hydra or torch, so any layer may use it.
@@ -19,8 +22,14 @@ MASK = "***"
 
 #: a key whose words include one of these names a secret
 SECRET_WORDS = frozenset({
-    "token", "password", "passwords", "passwd", "secret", "secrets", "credential", "credentials",
-    "authorization", "apikey", "cookie",
+    "token", "password", "passwords", "passwd", "passphrase", "secret", "secrets", "credential", "credentials",
+    "authorization", "auth", "apikey", "cookie",
+})
+#: the word before a final ``key`` that makes it a secret (``api_key``, ``access_key``, ``hf_key``);
+#: any other ``*_key`` (``prompt_key``, ``sort_key``, ``cache_key``) names a field, not a secret
+_KEY_QUALIFIERS = frozenset({
+    "api", "access", "secret", "private", "hf", "auth", "client", "signing", "encryption", "ssh", "master",
+    "account", "service", "license", "session", "openai", "anthropic", "wandb", "mlflow", "aws", "gcp", "azure",
 })
 #: words that make "token" a tokenizer's vocabulary entry rather than a secret (pad_token, eos_token_id)
 _VOCAB_WORDS = frozenset({"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "id", "ids"})
@@ -31,6 +40,12 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*\\?:(?:\\?/
 _KEY_VALUE = re.compile(
     r"""(?P<key>[A-Za-z_][\w.\-]*)(?P<q>["']?)(?P<sep>[ \t]*[=:][ \t]*)"""
     r"""(?P<value>(?:(?:Bearer|Basic|Token|Digest)[ \t]+)?(?:"[^"\n]*"|'[^'\n]*'|[^\s,;&'"}\])]+))""",
+)
+# values that are credentials whatever their key: Hugging Face, OpenAI/Anthropic-style, AWS access
+# key ids, GitHub and Slack tokens (prefix + enough random characters that no setting looks alike)
+_CREDENTIAL_VALUE = re.compile(
+    r"(?<![A-Za-z0-9_])(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|xox[abposr]-[A-Za-z0-9\-]{10,})(?![A-Za-z0-9_])"
 )
 # a Hydra override: key=value, +key=value, ++key=value, ~key=value
 _OVERRIDE = re.compile(r"^(?P<prefix>\+{0,2}|~)(?P<key>[A-Za-z_][\w.\-/@]*)=(?P<value>.*)$", re.DOTALL)
@@ -46,16 +61,18 @@ def _words(name: str) -> list[str]:
 def is_secret_key(key: str) -> bool:
     """True if the last component of a dotted key names a secret.
 
-    Its words (snake, kebab or camel case) include token, password, passwd, secret,
-    credential(s), authorization, apikey or cookie, or its last word is ``key``
-    (``api_key``, ``private_key``, ``hf_key``). Not secret: ``num_key_value_heads`` (key is not
-    the last word), ``max_new_tokens`` (a count), ``pad_token`` / ``eos_token_id`` (vocabulary).
+    Whole words only (snake, kebab or camel case): a word token, password, passwd, passphrase,
+    secret, credential(s), authorization, auth, apikey or cookie; or a last word ``key`` that stands
+    alone or follows a word naming a credential (``api_key``, ``private_key``, ``aws_access_key``,
+    ``hf_key``). Not secret: ``num_key_value_heads`` (key is not the last word), ``prompt_key`` /
+    ``sort_key`` (a field name), ``max_new_tokens`` / ``*_tokens`` (counts), ``pad_token`` /
+    ``eos_token_id`` (vocabulary), ``author`` (not the word auth).
     """
     words = _words(str(key).rsplit(".", 1)[-1])
     if not words:
         return False
     if words[-1] == "key":
-        return True
+        return len(words) == 1 or words[-2] in _KEY_QUALIFIERS or words[-2] in SECRET_WORDS
     for i, word in enumerate(words):
         if word == "token":
             neighbours = set(words[max(i - 1, 0) : i] + words[i + 1 : i + 2])
@@ -87,8 +104,13 @@ def _mask_url_credentials(text: str) -> str:
     return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
 
 
+def looks_like_credential(value: str) -> bool:
+    """True if ``value`` contains a string shaped like a known credential (``hf_...``, ``sk-...``, ``AKIA...``)."""
+    return _CREDENTIAL_VALUE.search(str(value)) is not None
+
+
 def redact_text(text: str) -> str:
-    """``text`` with URL credentials and secret ``key=value`` / ``key: value`` pairs masked.
+    """``text`` with URL credentials, credential-shaped values and secret ``key=value`` / ``key: value`` pairs masked.
 
     For log lines, error messages and other free text: ``http://u:pw@host`` becomes
     ``http://***@host``, ``hf_token=abc`` becomes ``hf_token=***``, ``"password": "x"`` becomes
@@ -98,7 +120,7 @@ def redact_text(text: str) -> str:
     """
     if not text:
         return text
-    text = _mask_url_credentials(text)
+    text = _CREDENTIAL_VALUE.sub(MASK, _mask_url_credentials(text))
     out, pos = [], 0
     while (m := _KEY_VALUE.search(text, pos)) is not None:
         if is_secret_key(m["key"]) and _words(m["key"].rsplit(".", 1)[-1]) != ["key"] and m["value"] != MASK:

@@ -329,3 +329,88 @@ def test_job_with_credentialed_tracking_url_keeps_secrets_off_disk_and_out_of_th
     assert any(p.name == "resolved.yaml" for p in stored)
     for path in stored:
         assert _leaks(path.read_text()) == [], path
+
+
+# -- masking by exact key patterns and credential-shaped values -------------------------------
+
+MORE_SECRET_KEYS = ["basic_auth", "aws_access_key", "secret_key", "ssh_private_key", "db.passphrase", "openai_api_key"]
+MORE_NOT_SECRET = ["prompt_key", "sort_key", "cache_key", "author", "max_tokens", "num_tokens", "pad_token_id",
+                   "keys", "key_value_heads", "tokenizer_name"]
+
+
+@pytest.mark.parametrize("key", MORE_SECRET_KEYS)
+def test_more_secret_keys(key):
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", MORE_NOT_SECRET)
+def test_field_names_ending_in_key_or_tokens_are_not_secret(key):
+    assert not is_secret_key(key)
+
+
+CREDENTIAL_VALUES = ["hf_" + "aB3" * 11, "sk-" + "x7Y" * 10, "AKIA" + "ABCDEFGHIJ234567", "ghp_" + "Q1w" * 12]
+
+
+@pytest.mark.parametrize("value", CREDENTIAL_VALUES)
+def test_credential_shaped_values_are_masked_under_any_key(value):
+    params = config_params({"dataset": {"notes": f"pulled with {value} yesterday", "name": value}})
+    assert params == {"dataset.notes": f"pulled with {MASK} yesterday", "dataset.name": MASK}
+    assert redact_overrides([f"+dataset.revision={value}"]) == [f"+dataset.revision={MASK}"]
+
+
+def test_values_that_only_resemble_credentials_are_kept():
+    kept = ["hf_tiny", "sk-learn", "distilgpt2", "AKIA", "task-sk-1", "0123456789abcdef0123456789abcdef",
+            "hf_model_with_a_long_name_but_underscores"]
+    assert config_params({"v": kept}) == {"v": str(kept)}
+    assert redact_text(" ".join(kept)) == " ".join(kept)
+
+
+def _shipped_configs():
+    """(label, overrides) for every option of every config group under conf/ and every preset."""
+    conf = REPO / "conf"
+    out = [("defaults", [])]
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")):
+        for option in sorted(group.glob("*.yaml")):
+            out.append((f"{group.name}={option.stem}", [f"{group.name}={option.stem}"]))
+    return out
+
+
+#: the keys a shipped config deliberately holds a secret under (none today: credentials come from
+#: the environment or the tracking URL, never from conf/)
+DELIBERATELY_SECRET: set[str] = set()
+
+
+def test_no_key_of_any_shipped_config_is_masked():
+    """Compose every group option and preset as a job would, turn it into MLflow params, and check
+    that masking touched nothing but deliberately secret keys: a setting hidden as ``***``
+    (``model.num_key_value_heads`` once was) is a setting nobody can compare runs by."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from alignx.secrets import is_secret_path
+
+    labels, checked = [], 0
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for label, overrides in _shipped_configs():
+            cfg = compose("train", overrides=overrides)
+            tree = OmegaConf.to_container(cfg, resolve=False)
+            flat = {k: v for k, v in _flat(tree).items()}
+            params = config_params(tree)
+            assert set(params) == set(flat)
+            masked = sorted(k for k, v in params.items() if MASK in v and k not in DELIBERATELY_SECRET)
+            assert masked == [], f"{label}: masked {masked}"
+            assert not [k for k in flat if is_secret_path(k) and k not in DELIBERATELY_SECRET], label
+            labels.append(label)
+            checked += len(params)
+    GlobalHydra.instance().clear()
+    groups = {lbl.split("=")[0] for lbl in labels}
+    assert {"objective", "model", "adapter", "dataset", "experiment", "hparams_search", "reward"} <= groups
+    assert "experiment=quickstart" in labels and "model=tiny" in labels
+    assert checked > 1000
+
+
+def _flat(tree):
+    from alignx.tracking import flatten
+
+    return flatten(tree)
