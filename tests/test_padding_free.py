@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from alignx.config import compose
 from alignx.data.cache import ENCODING_KEYS
 from alignx.errors import ConfigError
-from alignx.generation import encode_prompts, left_pad, sample
+from alignx.generation import Rollout, encode_prompts, left_pad, sample
 from alignx.models.adapters import lora
 from alignx.models.compute import enable_gradient_checkpointing
 from alignx.models.loading import build_llama
@@ -184,7 +184,7 @@ def test_generation_and_saving_are_unchanged_by_the_switch(tmp_path):
 
 
 def test_left_padded_rows_and_non_transformers_models_are_refused():
-    with pytest.raises(ValueError, match="must be right-padded"):
+    with pytest.raises(ValueError, match="without position ids must be right-padded"):
         pack(torch.tensor([[0, 5, 6], [4, 5, 6]]), torch.tensor([[0, 1, 1], [1, 1, 1]]))
     with pytest.raises(ConfigError, match=r"^model.padding_free needs a transformers model .*: set model.padding_free=false$"):
         enable_padding_free(torch.nn.Linear(2, 2))
@@ -211,3 +211,66 @@ def test_four_training_steps_give_the_padded_learning_curve(tmp_path, overrides)
         assert [s for s, _ in free[key]] == [s for s, _ in points], key
         assert [v for _, v in free[key]] == pytest.approx([v for _, v in points], **TOL), key
     assert MlflowClient(tracking_uri=uri).get_run(runs[1]).data.params["model.padding_free"] == "True"
+
+
+def test_rollout_logps_entropy_and_values_equal_the_padded_path():
+    """Online RL's forwards on rollouts (left-padded prompts, responses ending at different lengths):
+    log-probs and entropy without gradient, log-probs with gradient, the reference's, with the chunked
+    log-probs too, and PPO's value model; positions counted over real tokens as the padded path does."""
+    cfg = compose(fast(*DEEP, "objective=ppo", "adapter=lora", "objective.temperature=0.7", "objective.value_model=policy"))
+    registry = load_plugins()
+    model, tok = build_llama(cfg.model)
+    model = lora(model, cfg.adapter)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    obj = registry.get("objective", "ppo")(model, tok, cfg.objective, optimizer=None)
+    obj.bind(JobContext(cfg, registry, [{"input_ids": ids, "prompt": p} for ids, p in
+                                        zip(encode_prompts(tok, PROMPTS), PROMPTS)], []))
+    with torch.no_grad():  # a value head that is not zero, so the values are a real comparison
+        for name, p in obj.value_model.named_parameters():
+            if "score" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+    ids, mask = left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)
+    full = sample(model, ids, mask, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=9, temperature=0.7, seed=3)
+    ended = torch.arange(full.response_ids.size(1)) < torch.tensor([[9], [4], [7], [2]])
+    rollout = Rollout(full.prompt_ids, full.prompt_mask, full.response_ids.masked_fill(~ended, tok.pad_token_id),
+                      ended.to(full.response_mask.dtype), full.has_eos)
+    assert bool(mask[:, 0].eq(0).any())  # left padding: positions come from the mask
+
+    def forwards(padding_free: bool, chunk: int | None) -> tuple[torch.Tensor, ...]:
+        obj.padding_free, obj.logprob_chunk_size = padding_free, chunk
+        with torch.no_grad():
+            lp, ent = obj.response_logps(model, rollout, with_entropy=True)
+            values = obj.token_values(rollout)
+        model.zero_grad()
+        lp_grad = obj.response_logps(model, rollout)
+        (lp_grad * torch.linspace(0.5, 1.5, lp_grad.size(1))).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        with obj.reference() as ref, torch.no_grad():
+            ref_lp = obj.response_logps(ref, rollout)
+        return lp, ent, lp_grad.detach(), grads, ref_lp, values
+
+    padded = forwards(False, None)
+    assert bool((padded[5] != 0).any()) and not torch.equal(padded[0], padded[4])
+    for chunk in (None, 5):
+        free = forwards(True, chunk)
+        for name, want, got in zip(("logps", "entropy", "logps with grad", "gradients", "reference", "values"), padded, free):
+            assert got.shape == want.shape, name
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{name} (chunk {chunk})")
+
+
+def test_two_grpo_iterations_log_the_padded_metrics(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = []
+    for flag in ("false", "true"):
+        cfg = compose(fast("objective=grpo", "data.batch_size=4", "objective.max_new_tokens=6", "trainer.max_steps=2",
+                           f"model.padding_free={flag}", f"output_dir={tmp_path / flag / 'job'}", f"outputs_root={tmp_path / flag}",
+                           f"tracking.uri={uri}", "eval.enabled=false", "save.model=false"))
+        runs.append(train(cfg).run_id)
+    padded, free = _history(uri, runs[0]), _history(uri, runs[1])
+    for key in ("loss/policy_avg", "objective/entropy", "kl", "policy/logprob_mismatch", "reward"):
+        assert len(padded[key]) == 2, key
+        assert [v for _, v in free[key]] == pytest.approx([v for _, v in padded[key]], **TOL), key

@@ -95,16 +95,15 @@ def head_inputs(
     its ``disable_adapter()`` block). Under autocast both are cast to the autocast dtype, else the
     weight to the hidden states' dtype (differentiable casts), as the head's own matmul would
     compute. With ``padding_free`` the decoder runs on the batch's real tokens only, packed into
-    one row with attention kept per row (:mod:`alignx.models.packing`; right-padded batches, default
-    positions), and the hidden states come back in the padded [B, T, H] layout, zeros at padding.
+    one row with attention kept per row (:func:`alignx.models.packing.pack`: right-padded rows, or
+    any mask with ``position_ids``), and the hidden states come back in the padded [B, T, H]
+    layout, zeros at padding.
     Raises :class:`ConfigError` for a model that is not a linear head over a decoder (see
     :func:`check_lm_head`).
     """
     decoder, head = _parts(model)
     if padding_free:
-        if position_ids is not None:
-            raise ValueError("padding-free forwards use each row's default positions; position_ids cannot be given")
-        batch = pack(input_ids, attention_mask)
+        batch = pack(input_ids, attention_mask, position_ids)
         with packed(model, batch):
             out = decoder(**batch.forward_kwargs, use_cache=False)
         hidden = batch.unpack(out.last_hidden_state)

@@ -84,24 +84,27 @@ class PackedBatch(NamedTuple):
         return out.view(b, t, *flat.shape[1:])
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedBatch:
-    """The real tokens of a padded batch (``attention_mask`` 1) as one packed row.
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> PackedBatch:
+    """The real tokens of a padded batch (``attention_mask`` 1) as one packed row, in row order.
 
-    Position ids are each token's index in its padded row, which is what the padded forward uses
-    (transformers' default ``arange(T)``), so a right-padded batch packs to exactly the same
-    computation. Rows whose mask has holes (left padding) are not what the collators produce and
-    would change positions: they are refused.
+    Without ``position_ids`` each token keeps its index in its padded row, which is what the padded
+    forward uses (transformers' default ``arange(T)``); that equals the padded computation for
+    right-padded rows only, so other masks are refused. With ``position_ids`` [B, T] (e.g. online
+    RL's left-padded prompts, positions counted over real tokens) those are kept, and any mask
+    works: in the padded forward a token attends to the real tokens before it in its row, which
+    are exactly those before it in its packed segment.
     """
     b, t = input_ids.shape
     mask = attention_mask.bool()
     lengths = mask.sum(1)
-    right_padded = torch.arange(t, device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
-    if not torch.equal(mask, right_padded):
-        raise ValueError("padding-free batches must be right-padded: every row's real tokens first, then padding")
+    if position_ids is None:
+        right_padded = torch.arange(t, device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
+        if not torch.equal(mask, right_padded):
+            raise ValueError("padding-free batches without position ids must be right-padded: every row's real tokens first, then padding")
+        position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
     index = mask.flatten().nonzero().squeeze(1)
-    positions = torch.arange(t, device=input_ids.device).expand(b, t)
     bounds = (0, *torch.cumsum(lengths, 0).tolist())
-    return PackedBatch(input_ids.flatten()[index].unsqueeze(0), positions.flatten()[index].unsqueeze(0), index, bounds, (b, t))
+    return PackedBatch(input_ids.flatten()[index].unsqueeze(0), position_ids.flatten()[index].unsqueeze(0), index, bounds, (b, t))
 
 
 def _per_row_attention(

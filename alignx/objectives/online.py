@@ -55,6 +55,7 @@ from alignx.generation import (
 )
 from alignx.losses.policy_gradient import nonconstant_groups
 from alignx.models.lm_head import head_inputs
+from alignx.models.packing import pack, packed
 from alignx.objectives.base import JobContext, ReferenceObjective
 from alignx.objectives.guards import checkpoint_hint
 from alignx.ops.chunked import chunked_logprobs_and_entropy, chunked_token_logprobs
@@ -283,9 +284,14 @@ class OnlineObjective(ReferenceObjective):
     def forward_logits(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         """Logits [N, R, V] predicting each response token, divided by the sampling temperature."""
         mask = rollout.attention_mask
-        out = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask))
+        if self.padding_free:
+            rows = pack(rollout.input_ids, mask, position_ids(mask))
+            with packed(model, rows):
+                logits = rows.unpack(model(**rows.forward_kwargs, use_cache=False).logits)
+        else:
+            logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
         p = rollout.prompt_width
-        return out.logits[:, p - 1 : -1, :].float() / self.temperature
+        return logits[:, p - 1 : -1, :].float() / self.temperature
 
     @staticmethod
     def response_labels(rollout: Rollout) -> torch.Tensor:
@@ -311,7 +317,7 @@ class OnlineObjective(ReferenceObjective):
         attention mask and the position ids counted over real tokens). The entropy is bookkeeping
         and comes back detached."""
         mask = rollout.attention_mask
-        h = head_inputs(model, rollout.input_ids, mask, position_ids(mask))
+        h = head_inputs(model, rollout.input_ids, mask, position_ids(mask), padding_free=self.padding_free)
         p = rollout.prompt_width
         labels = self.response_labels(rollout)
         rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)

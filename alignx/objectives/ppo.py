@@ -42,6 +42,7 @@ from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head, zero_head
 from alignx.rewards import reward_model_paths
 from alignx.models.heads import token_values as head_token_values
+from alignx.models.packing import pack, packed
 from alignx.objectives.base import JobContext
 from alignx.objectives.online import (
     ONLINE_KEYS,
@@ -158,7 +159,12 @@ class PPO(OnlineObjective):
     def token_values(self, rollout: Rollout) -> torch.Tensor:
         """V(s_t) [N, R] before each response token (0 past the end)."""
         mask = rollout.attention_mask
-        v = head_token_values(self.value_model, rollout.input_ids, mask, position_ids(mask)).float()
+        if self.padding_free:
+            rows = pack(rollout.input_ids, mask, position_ids(mask))
+            with packed(self.value_model, rows):
+                v = rows.unpack(head_token_values(self.value_model, **rows.forward_kwargs)).float()
+        else:
+            v = head_token_values(self.value_model, rollout.input_ids, mask, position_ids(mask)).float()
         p = rollout.prompt_width
         return zero_masked(v[:, p - 1 : -1], rollout.response_mask)
 
