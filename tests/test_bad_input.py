@@ -137,5 +137,5 @@ def test_dpo_bad_pairs_dropped_and_counted(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["data/train/invalid_dropped"] == 2
-    assert run.data.metrics["data/val/invalid_dropped"] == 0
+    assert run.data.tags["data.train.invalid_dropped"] == "2"  # data counters are tags, not metrics
+    assert run.data.tags["data.val.invalid_dropped"] == "0"

@@ -144,7 +144,7 @@ def test_rlaif_pairs_from_a_policy_feed_a_dpo_stage(sentiment_sft, tmp_path):
     # the DPO stage trained on exactly those rows (train split + val fraction)
     dpo = runs["dpo"]
     assert dpo.data.params["dataset.path"] == str(tmp_path / "job" / "pairs" / "data.jsonl")
-    assert dpo.data.metrics["data/train/kept"] + dpo.data.metrics["data/val/kept"] == len(rows)
+    assert int(dpo.data.tags["data.train.kept"]) + int(dpo.data.tags["data.val.kept"]) == len(rows)
     assert dpo.info.status == "FINISHED"
 
 

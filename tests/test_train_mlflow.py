@@ -61,8 +61,15 @@ def test_sft_run_is_fully_tracked(tmp_path, task):
     first = sum(m.value for m in steps[:3]) / 3
     last = sum(m.value for m in steps[-3:]) / 3
     assert last < first - 0.5, (first, last)
-    for key in ("val/loss", "eval/perplexity", "eval/gold_reward_greedy", "eval/gold_reward_sampled", "data/train/kept"):
+    for key in ("val/loss", "eval/perplexity", "eval/gold_reward_greedy", "eval/gold_reward_sampled"):
         assert key in run.data.metrics, key
+    # metrics are results and curves: the data counters are tags and data/summary.json, and the job keeps them
+    assert not [k for k in run.data.metrics if k.startswith("data/")]
+    assert tags["data.train.kept"] == str(int(job.metrics["data/train/kept"])) and int(tags["data.train.kept"]) > 0
+    assert tags["data.train.dropped"] == "0" and tags["data.test.invalid_dropped"] == "0"
+    summary = json.loads(Path(client.download_artifacts(job.run_id, "data/summary.json", str(tmp_path))).read_text())
+    assert summary["train"]["kept"] == int(tags["data.train.kept"]) and summary["val"]["cache_hit"] in (0, 1)
+    assert {k.replace(".", "/", 2) for k in tags if k.startswith("data.")} == {k for k in job.metrics if k.startswith("data/")}
     assert 0.0 <= run.data.metrics["eval/gold_reward_sampled"] <= 1.0
 
     # artifacts: resolved config, the model, and the sample table with gold rewards

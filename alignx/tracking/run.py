@@ -26,6 +26,7 @@ from alignx.tracking.connection import TrackingUnavailable, check_server, defaul
 from alignx.tracking.local_store import ensure_store, sqlite_path, store_lock
 from alignx.tracking.outage import OutageLog, PendingRuns, step_ranges
 from alignx.tracking.params import config_params, masked_tags
+from alignx.tracking.summary import DATA_SUMMARY, data_counter_tags, is_data_counter, summary_json
 
 # names that have always been importable from here
 __all__ = [
@@ -131,6 +132,8 @@ class MlflowTracker(Tracker):
         #: per metric key, the last step already in the run (a resumed run does not log those again)
         self._logged_through: dict[str, int] = {}
         self._existing_params: dict[str, str] = {}
+        #: the data counters recorded so far (what data/summary.json holds)
+        self._data_counters: dict[str, float] = {}
 
     def _reopen(self, run_id: str, tags: Mapping[str, str]) -> Any:
         """Continue an interrupted run: status back to RUNNING, its logged steps remembered."""
@@ -304,8 +307,14 @@ class MlflowTracker(Tracker):
             )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metric values at ``step``; the one-off data counters among them (``data/<split>/<name>``)
+        go to :meth:`log_data_counters` instead: metrics are results and curves."""
         from mlflow.entities import Metric
 
+        counters = {k: v for k, v in metrics.items() if is_data_counter(k)}
+        if counters:
+            self.log_data_counters(counters)
+            metrics = {k: v for k, v in metrics.items() if k not in counters}
         now = int(time.time() * 1000)
         step = step or 0
         # on resume, steps between the checkpoint and the interruption come round again; they
@@ -318,6 +327,16 @@ class MlflowTracker(Tracker):
                 lambda: self.client.log_batch(self.run_id, metrics=chunk),
                 keep=lambda: self.outage.add_metrics([m.key, m.value, m.timestamp, m.step] for m in chunk),
             )
+
+    def log_data_counters(self, counters: Mapping[str, float]) -> None:
+        """Record data counters (``data/train/kept``...) as tags ``data.train.kept`` and in the
+        ``data/summary.json`` artifact, which holds every counter this run recorded so far."""
+        changed = {k: float(v) for k, v in counters.items() if self._data_counters.get(k) != float(v)}
+        if not changed:
+            return
+        self._data_counters.update(changed)
+        self.set_tags(data_counter_tags(changed))
+        self.log_text(summary_json(self._data_counters), DATA_SUMMARY)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
