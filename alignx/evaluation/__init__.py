@@ -1,5 +1,6 @@
 """Evaluation: metric functions (:mod:`.metrics`), the suite a job runs after training
-(:mod:`.suite`) and the ``alignx eval`` command on a saved model (:mod:`.command`)."""
+(:mod:`.suite`), the same suite during training (:mod:`.periodic`) and the ``alignx eval`` command
+on a saved model (:mod:`.command`)."""
 
 from alignx.evaluation.command import evaluate_model
 from alignx.evaluation.metrics import (
@@ -15,9 +16,11 @@ from alignx.evaluation.metrics import (
     sample_rollouts,
     win_rate,
 )
+from alignx.evaluation.periodic import PeriodicEvaluation, periodic_evaluation
 from alignx.evaluation.suite import StartingModel, eval_reward_models, evaluate
 
 __all__ = [
+    "PeriodicEvaluation",
     "RewardFn",
     "StartingModel",
     "best_of_n",
@@ -28,6 +31,7 @@ __all__ = [
     "evaluate_policy",
     "kl_to_reference",
     "pair_accuracy",
+    "periodic_evaluation",
     "perplexity",
     "reference_rows",
     "rollout_logps",
