@@ -111,9 +111,10 @@ class SaveSchema:
 
 @dataclass
 class EvalSchema:
-    """``eval``: the end-of-training evaluation."""
+    """``eval``: the end-of-training evaluation (and, with ``every_n_steps``, the same during training)."""
 
     enabled: bool = spec()
+    every_n_steps: Optional[int] = spec(ge=1)
     num_prompts: int = spec(ge=0)
     max_new_tokens: int = spec(ge=1)
     temperature: float = spec(gt=0)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignx.checkpoint import checkpoint_io, model_checkpoint
 from alignx.errors import ConfigError
+from alignx.evaluation.periodic import periodic_evaluation
 from alignx.job.console import ShortRunValidation, StepProgressBar
 from alignx.models.compute import enable_gradient_checkpointing
 from alignx.models.loading import save_pretrained_atomic
@@ -89,8 +90,8 @@ def build_trainer(
     cfg: DictConfig, tracker: Tracker, output_dir: Path, callbacks: Sequence[Any] = (), *, manual_optimization: bool = False,
     model: Any = None,
 ) -> L.Trainer:
-    """The Lightning Trainer of a job: config's trainer args, the tracker as logger, progress bar, checkpoints
-    and the divergence guard.
+    """The Lightning Trainer of a job: config's trainer args, the tracker as logger, progress bar, checkpoints,
+    the divergence guard and evaluation during training (``eval.every_n_steps``).
 
     Objectives that optimise manually (online RL) clip gradients themselves, so
     ``trainer.gradient_clip_val`` is read by the objective rather than passed to Lightning.
@@ -100,7 +101,9 @@ def build_trainer(
     if manual_optimization:
         _quiet_manual_optimization(targs)
     every = cfg.checkpoint.every_n_steps
-    callbacks = [*callbacks, DivergenceGuard(), *instantiate_callbacks(cfg)]
+    # evaluation after the guard: a step whose weights diverged stops before it is evaluated
+    callbacks = [*callbacks, DivergenceGuard(), *periodic_evaluation(cfg, tracker, rank_zero=is_rank_zero()),
+                 *instantiate_callbacks(cfg)]
     if every:
         callbacks.append(model_checkpoint(output_dir / "checkpoints", int(every)))
     if targs["enable_progress_bar"]:
