@@ -11,6 +11,7 @@ from alignx.tracking.connection import TrackingUnavailable, default_tracking_uri
 from alignx.tracking.local_store import ensure_store
 from alignx.tracking.params import config_params, flatten, is_secret_key, overrides_tag, redacted_config_yaml
 from alignx.tracking.run import MlflowTracker
+from alignx.tracking.views import job_links, runs_view_url, sweep_links
 
 __all__ = [
     "MlflowTracker",
@@ -23,11 +24,14 @@ __all__ = [
     "flatten",
     "install_secret_filter",
     "is_secret_key",
+    "job_links",
     "overrides_tag",
     "redact",
     "redact_overrides",
     "redact_text",
     "redacted_config_yaml",
+    "runs_view_url",
+    "sweep_links",
     "ui_command",
 ]
 

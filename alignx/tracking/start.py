@@ -78,11 +78,23 @@ def sweep_job(overrides: Sequence[str]) -> tuple[str | None, str | None, dict[st
         return None, None, {}
     hc = HydraConfig.get()
     record = read_parent(Path(hc.sweep.dir).resolve()) or {}
-    swept = set(record.get("swept_keys", []))
-    # name the job by what varies across the sweep; the job number keeps names unique
-    shown = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or list(overrides)
-    name = f"{hc.job.num}: {' '.join(shown)}" if shown else f"job {hc.job.num}"
-    return record.get("parent_run_id"), name, {"alignx.job_num": str(hc.job.num)}
+    name, note = sweep_job_name(hc.job.num, overrides, record.get("swept_keys", []))
+    tags = {"alignx.job_num": str(hc.job.num), "mlflow.note.content": note}
+    return record.get("parent_run_id"), name, tags
+
+
+def sweep_job_name(num: int | str, overrides: Sequence[str], swept_keys: Sequence[str]) -> tuple[str, str]:
+    """A sweep job's run name and description.
+
+    The name leads with what tells jobs apart and fits MLflow's runs table: the job number, then
+    the swept values only (``3 kto lora``). The description (MLflow's ``mlflow.note.content``)
+    spells out every override; the ``alignx.overrides`` tag holds them too.
+    """
+    swept = {k.lstrip("+~") for k in swept_keys}
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") in swept]
+    name = " ".join([str(num), *values])
+    note = f"Job {num} of the sweep: `{overrides_tag(overrides)}`" if overrides else f"Job {num} of the sweep (no overrides)"
+    return name, note
 
 
 def resolve_model_reference(value: str, tracking_uri: str | None, download_dir: Path) -> str:
