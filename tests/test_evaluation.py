@@ -65,3 +65,25 @@ def test_alignx_eval_of_a_missing_model_is_one_clear_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope"), "--no-track"]) == 2
     err = capsys.readouterr().err
     assert "alignx: error:" in err and "nope" in err and "Traceback" not in err
+
+
+def test_standard_error_of_the_mean():
+    from alignx.evaluation import standard_error
+
+    # mean 2, sample variance ((1)^2 + 0 + 1^2) / 2 = 1, stderr = 1 / sqrt(3)
+    assert standard_error([1.0, 2.0, 3.0]) == pytest.approx(3 ** -0.5)
+    assert standard_error([0.5, 0.5]) == 0.0
+    assert standard_error([1.0]) != standard_error([1.0])  # NaN: one value has no spread
+
+
+def test_a_job_logs_the_standard_error_of_its_gold_reward_means(tmp_path):
+    """eval/gold_reward_*_stderr: the spread of the per-prompt gold rewards in the job's own samples table."""
+    from alignx.evaluation import standard_error
+
+    job = train(compose(fast("eval.num_logged_samples=8", "tracking=none", "save.model=false",
+                             f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}")))
+    assert len(job.samples) == 8  # eval.num_prompts=8: every prompt's scores are in the table
+    for kind in ("greedy", "sampled"):
+        scores = [row[f"{kind}_reward"] for row in job.samples]
+        assert job.metrics[f"eval/gold_reward_{kind}_stderr"] == pytest.approx(standard_error(scores), abs=1e-9)
+        assert job.metrics[f"eval/gold_reward_{kind}"] == pytest.approx(sum(scores) / len(scores), abs=1e-9)

@@ -14,6 +14,7 @@ from alignx.evaluation.metrics import (
     reference_rows,
     rollout_logps,
     sample_rollouts,
+    standard_error,
     win_rate,
 )
 from alignx.evaluation.periodic import PeriodicEvaluation, periodic_evaluation
@@ -36,5 +37,6 @@ __all__ = [
     "reference_rows",
     "rollout_logps",
     "sample_rollouts",
+    "standard_error",
     "win_rate",
 ]

@@ -204,6 +204,9 @@ def evaluate_policy(
 ) -> tuple[dict[str, float], list[dict]]:
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
+    Each gold reward mean comes with its standard error over prompts,
+    ``eval/gold_reward_greedy_stderr`` and ``eval/gold_reward_sampled_stderr`` (:func:`standard_error`).
+
     With ``reference``, also ``eval/kl_to_reference`` on the sampled completions' token ids (see
     :func:`kl_to_reference`) and ``eval/win_rate``: how often the policy's sample beats the
     reference policy's sample for the same prompt by the gold reward (``eval/win_rate_<rm>`` by
@@ -227,6 +230,9 @@ def evaluate_policy(
         if reward_fn:
             metrics["eval/gold_reward_greedy"] = _mean(g_scores)
             metrics["eval/gold_reward_sampled"] = _mean(s_scores)
+            # means over a few prompts: their standard errors say which gaps between jobs are noise
+            metrics["eval/gold_reward_greedy_stderr"] = standard_error(g_scores)
+            metrics["eval/gold_reward_sampled_stderr"] = standard_error(s_scores)
         ref_sampled: list[str] | None = None
         if reference is not None:
             # the policy's log-probs first: the reference may be the same module with adapters disabled
@@ -267,6 +273,16 @@ def _reward_model_metrics(
     if ref_sampled is not None:
         out[f"eval/win_rate_{name}"] = win_rate(rm_sampled, list(fn(prompts, ref_sampled, **kw)))
     return out
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of ``values``: sample standard deviation (n - 1) / sqrt(n); NaN for fewer than 2."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    m = sum(values) / n
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
 
 
 def _mean(values: Sequence[float]) -> float:
