@@ -149,3 +149,21 @@ def test_sweep_summary_follows_the_optimized_metric_or_the_optimizer(three_jobs)
     front = summarize_sweep(runs, ["objective"], ["val/loss", "train/loss"], rank=False)
     assert front.best_run_id is None and front.metrics == {} and "alignx.best_run_id" not in front.tags
     assert len(front.rows) == 3
+
+
+def test_compare_can_rerecord_the_summary_by_another_metric(three_jobs, tmp_path):
+    """What ``alignx compare`` calls on a finished parent: metrics and tags follow the new pick,
+    the best.<key> params stay as first written (MLflow never changes a param)."""
+    from alignx.tracking.summary import record_sweep_summary
+
+    parent, runs, ids, client = three_jobs
+    log_sweep_summary(parent, summarize_sweep(runs, ["objective"]))  # at the sweep's end: best job 1
+    parent.finish()
+    by_loss = summarize_sweep(runs, ["objective"], "val/loss", mode="max")  # the worst loss, to move the pick
+    record_sweep_summary(client, parent.run_id, by_loss)
+    run = client.get_run(parent.run_id)
+    assert run.data.tags["alignx.best_run_id"] == ids[0] and run.data.tags["alignx.best_metric"] == "val/loss"
+    assert run.data.metrics["best/val/loss"] == pytest.approx(0.9)
+    assert run.data.params["best.objective"] == "kto"
+    table = Path(client.download_artifacts(parent.run_id, "sweep/jobs.csv", str(tmp_path))).read_text()
+    assert [r["best"] for r in csv.DictReader(io.StringIO(table))] == ["*", "", ""]

@@ -191,3 +191,35 @@ def log_sweep_summary(tracker: Any, summary: SweepSummary, *, params: bool = Tru
 def summary_json(counters: Mapping[str, float]) -> str:
     """The ``data/summary.json`` text."""
     return json.dumps(data_summary(counters), indent=1, sort_keys=True)
+
+
+def record_sweep_summary(client: Any, parent_run_id: str, summary: SweepSummary) -> None:
+    """Record ``summary`` on a finished sweep's parent run through an ``MlflowClient`` (``alignx compare``).
+
+    The ``best/<metric>`` metrics, the tags and ``sweep/jobs.csv`` are replaced by this summary's;
+    the ``best.<key>`` params are written only if the parent has none yet (MLflow never changes a
+    param: they keep naming the job that was best when the sweep ended, ``alignx.best_run_id`` the
+    latest pick).
+    """
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from alignx.tracking.params import masked_tags
+
+    now = int(time.time() * 1000)
+    existing = client.get_run(parent_run_id).data.params
+    params = [] if any(k.startswith("best.") for k in existing) else [Param(k, v) for k, v in summary.params.items()]
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in summary.metrics.items()],
+        params=params,
+        tags=[RunTag(k, v) for k, v in masked_tags(summary.tags).items()],
+    )
+    if summary.rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(JOBS_TABLE).name
+            path.write_text(summary.table_csv())
+            client.log_artifact(parent_run_id, str(path), artifact_path=str(Path(JOBS_TABLE).parent))
