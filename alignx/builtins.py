@@ -19,6 +19,8 @@ OBJECTIVES = {
     "dpo": "alignx.objectives.dpo:DPO",
     "kto": "alignx.objectives.kto:KTO",
     "rm": "alignx.objectives.rm:RewardModel",
+    "pro": "alignx.objectives.listwise:PRO",
+    "rrhf": "alignx.objectives.listwise:RRHF",
     "ppo": "alignx.objectives.ppo:PPO",
     "grpo": "alignx.objectives.grpo:GRPO",
     "rloo": "alignx.objectives.grpo:RLOO",

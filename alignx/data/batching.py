@@ -6,7 +6,8 @@ sequence:
 
 * :func:`collate_sft`: items of :func:`alignx.data.tokenize.encode_sft_row`;
 * :func:`collate_pairs`: items of :func:`alignx.data.tokenize.encode_pair`;
-* :func:`collate_ranked`: items of :func:`alignx.data.tokenize.encode_ranked`.
+* :func:`collate_ranked`: items of :func:`alignx.data.tokenize.encode_ranked`;
+* :func:`collate_ranked_lm`: items of :func:`alignx.data.tokenize.encode_ranked_lm`.
 
 Padded label positions are :data:`IGNORE_INDEX`. :class:`BucketBatchSampler` batches items of
 similar ``len(item["input_ids"])``.
@@ -23,7 +24,7 @@ from torch.utils.data import Sampler
 from alignx.losses.reward import ranking_pairs
 from alignx.ops.logprobs import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "BucketBatchSampler", "collate_pairs", "collate_ranked", "collate_sft", "padding_fraction"]
+__all__ = ["IGNORE_INDEX", "BucketBatchSampler", "collate_pairs", "collate_ranked", "collate_ranked_lm", "collate_sft", "padding_fraction"]
 
 
 def collate_sft(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -76,6 +77,31 @@ def collate_ranked(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str,
     batch["group"] = torch.tensor(group, dtype=torch.long)
     if any("margin" in it for it in items):
         batch["margin"] = torch.tensor([float(items[g].get("margin", 0.0)) for g in group], dtype=torch.float32)
+    return batch
+
+
+def collate_ranked_lm(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Ranked items with labels -> K slots per item in one padded batch, item-major.
+
+    ``input_ids``, ``attention_mask``, ``labels`` [B*K, T] (row ``b*K + k`` is item b's response
+    k, so ``.view(B, K)`` of any per-row value groups it by item; see :func:`collate_sft`), ``ranks``
+    [B, K] (float) and ``valid`` [B, K] (bool). K is the most responses any item has; an item with
+    fewer gets filler slots (one ``pad_id`` token, attended to so no attention row is empty, no
+    label, rank +inf) marked invalid, which the listwise losses skip.
+    """
+    k = max(len(it["seqs"]) for it in items)
+    flat: list[dict[str, Any]] = []
+    ranks = torch.full((len(items), k), float("inf"), dtype=torch.float32)
+    valid = torch.zeros((len(items), k), dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = len(it["seqs"])
+        flat += [{"input_ids": s, "labels": lab} for s, lab in zip(it["seqs"], it["seq_labels"])]
+        flat += [{"input_ids": [pad_id], "labels": [IGNORE_INDEX]}] * (k - n)
+        ranks[b, :n] = torch.tensor([float(r) for r in it["ranks"]])
+        valid[b, :n] = True
+    batch = collate_sft(flat, pad_id)
+    batch["ranks"] = ranks
+    batch["valid"] = valid
     return batch
 
 

@@ -9,6 +9,9 @@ each ``(row, tokenizer, ...) -> (item or None, status)`` with ``status`` one of 
   ``rejected_input_ids``/``rejected_labels`` (:func:`alignx.data.batching.collate_pairs`);
 * :func:`encode_ranked`: a pairs or ranked row -> ``seqs``, ``ranks``, ``input_ids``
   (:func:`alignx.data.batching.collate_ranked`);
+* :func:`encode_ranked_lm`: a pairs or ranked row -> ``seqs``, ``seq_labels``, ``ranks``,
+  ``input_ids``: K completion-masked sequences for a policy's listwise loss (PRO, RRHF;
+  :func:`alignx.data.batching.collate_ranked_lm`);
 * :func:`encode_prompt_completions`: one prompt with several completions, the piece the others
   are built from.
 
@@ -28,7 +31,7 @@ from alignx.ops.logprobs import IGNORE_INDEX
 
 __all__ = [
     "IDENTICAL", "IGNORE_INDEX", "STATUSES", "EncodeStats", "RowTooLongError", "collapsed", "compared_sequences",
-    "encode_pair", "encode_prompt", "encode_prompt_completions", "encode_ranked", "encode_rows", "encode_sft_row",
+    "encode_pair", "encode_prompt", "encode_prompt_completions", "encode_ranked", "encode_ranked_lm", "encode_rows", "encode_sft_row",
     "fit_to_length", "prompt_and_completion", "prompt_is_templated", "prompt_text",
 ]
 
@@ -273,6 +276,27 @@ def encode_ranked(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str,
     if row.get("margin") is not None:
         item["margin"] = float(row["margin"])
     return item, status
+
+
+def encode_ranked_lm(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
+    """A pairs row (chosen ranked above rejected) or a K-wise ranked row -> K completion-masked sequences.
+
+    For a policy scored on its own completions (listwise losses: PRO, RRHF). The item: ``seqs``
+    (K token-id lists, prompt + completion + EOS), ``seq_labels`` (the same with the prompt set to
+    :data:`IGNORE_INDEX`), ``ranks`` (K floats, lower = better; a pair is ``[0.0, 1.0]``) and
+    ``input_ids`` (the longest sequence, for length bucketing). Unlike :func:`encode_ranked`,
+    ``truncate_completion`` cuts the EOS with the rest: the labels are what the policy is scored on.
+    """
+    if "completions" in row:
+        completions, ranks = list(row["completions"]), [float(r) for r in row["ranks"]]
+    else:
+        completions, ranks = [row["chosen"], row["rejected"]], [0.0, 1.0]
+    seqs, status = encode_prompt_completions(row, completions, tokenizer, data_cfg)
+    if seqs is None:
+        return None, status
+    ids = [p + c for p, c in seqs]
+    labels = [[IGNORE_INDEX] * len(p) + c for p, c in seqs]
+    return {"seqs": ids, "seq_labels": labels, "ranks": ranks, "input_ids": max(ids, key=len)}, status
 
 
 def compared_sequences(item: Mapping[str, Any]) -> list[list[int]]:

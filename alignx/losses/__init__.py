@@ -6,6 +6,7 @@ from alignx.losses.dpo_family import (
     PreferenceLoss,
     PreferenceOutput,
 )
+from alignx.losses.listwise import best_response, pro_loss, ranking_accuracy, rrhf_loss
 from alignx.losses.policy_gradient import (
     GRPO_NORMALIZATIONS,
     clipped_policy_loss,
@@ -34,6 +35,7 @@ __all__ = [
     "BUILTIN_PREFERENCE_LOSSES",
     "DPO_LOSS_TYPES",
     "GRPO_NORMALIZATIONS",
+    "best_response",
     "bradley_terry_loss",
     "clipped_policy_loss",
     "clipped_surrogate",
@@ -51,7 +53,10 @@ __all__ = [
     "PreferenceLoss",
     "PreferenceOutput",
     "preference_metrics",
+    "pro_loss",
+    "ranking_accuracy",
     "rloo_advantages",
+    "rrhf_loss",
     "sequence_logps",
     "sft_loss",
     "simpo_loss",
