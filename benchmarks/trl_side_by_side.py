@@ -400,6 +400,20 @@ def table(results: list[dict], model: str, configs: list[str], info: dict) -> st
     return "\n".join(lines)
 
 
+def render(jsonl: Path) -> str:
+    """The tables of the runs recorded in ``jsonl`` (e.g. of a measurement cut short), per model."""
+    results = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    sections = []
+    for model in dict.fromkeys(r["model"] for r in results):
+        runs = [r for r in results if r["model"] == model]
+        configs = list(dict.fromkeys(r["config"] for r in runs if r["side"] == "alignx"))
+        policy = next((r for r in runs if r["side"] == "alignx" and r["objective"] != "rm"), runs[0])
+        info = {"params": policy["params"], "vocab_size": MODELS[model]["vocab_size"] or 259,
+                "steps": runs[0]["steps"], "warmup": runs[0]["warmup"]}
+        sections.append(table(runs, model, configs, info))
+    return "\n\n".join(sections)
+
+
 def versions() -> str:
     import torch
     import transformers
@@ -430,11 +444,15 @@ def main() -> None:
                         "choice, one per core). On a machine shared with other work, fewer threads than cores avoids "
                         "OpenMP threads spinning against the other load")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
+    parser.add_argument("--render", type=Path, help="only print the tables of the runs in this --jsonl file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # child: one run, its measurements as the last stdout line
         spec = json.loads(args.one)
         print(json.dumps(run_trl(spec) if spec["side"] == "trl" else run_alignx(spec)))
+        return
+    if args.render:
+        print(render(args.render))
         return
 
     with_trl = not args.alignx_only
