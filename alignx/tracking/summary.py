@@ -25,8 +25,13 @@ import io
 import json
 import math
 import re
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from alignx.tracking.params import masked_tags
 
 #: metrics that rank a sweep's jobs when it names no ``optimized_metric``: the first some job logged
 DEFAULT_METRICS = ("eval/gold_reward_sampled", "eval/gold_reward_greedy", "eval/perplexity", "val/loss")
@@ -48,7 +53,8 @@ def ranking_metric(available: Iterable[str], optimized_metric: Any = None) -> st
     """The metric that ranks a sweep's jobs: the (first) ``optimized_metric`` when set, else the first of
     :data:`DEFAULT_METRICS` among ``available``; None when there is none."""
     if optimized_metric is not None:
-        names = [str(m) for m in optimized_metric] if isinstance(optimized_metric, (list, tuple)) else [str(optimized_metric)]
+        several = isinstance(optimized_metric, Sequence) and not isinstance(optimized_metric, str)  # a ListConfig too
+        names = [str(m) for m in optimized_metric] if several else [str(optimized_metric)]
         return names[0] if names else None
     have = set(available)
     return next((m for m in DEFAULT_METRICS if m in have), None)
@@ -201,13 +207,7 @@ def record_sweep_summary(client: Any, parent_run_id: str, summary: SweepSummary)
     param: they keep naming the job that was best when the sweep ended, ``alignx.best_run_id`` the
     latest pick).
     """
-    import tempfile
-    import time
-    from pathlib import Path
-
     from mlflow.entities import Metric, Param, RunTag
-
-    from alignx.tracking.params import masked_tags
 
     now = int(time.time() * 1000)
     existing = client.get_run(parent_run_id).data.params

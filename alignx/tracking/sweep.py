@@ -180,7 +180,7 @@ class MlflowSweepCallback(Callback):
             optimized = (self._sweep_dir / "optimization_results.yaml").is_file()
             best_run_id = self._record_best(parent, children)
             # several optimized metrics: a Pareto front, no one best job (the table is still written)
-            several = _metric_names(self._optimized_metric).count(",") > 0 if self._optimized_metric is not None else False
+            several = self._optimized_metric is not None and "," in _metric_names(self._optimized_metric)
             summary = summarize_sweep(children, self._swept, self._optimized_metric, mode=self._direction,
                                       best_run_id=best_run_id, rank=not several and (best_run_id is not None or not optimized))
             # an optimizer's best params are already there (best.<key> as it reported them)
