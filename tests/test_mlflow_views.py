@@ -54,14 +54,15 @@ def test_runs_view_links_open_the_training_view():
     assert url == "http://127.0.0.1:5000/#/experiments/4/runs?workflowType=machine_learning"
     server = "https://alice:pw-9@mlflow.example:8443/"
     lines = job_links(server, "7", "abc123")
-    assert lines == ["MLflow run:  https://mlflow.example:8443/#/experiments/7/runs/abc123",
-                     "MLflow runs: https://mlflow.example:8443/#/experiments/7/runs?workflowType=machine_learning"]
+    assert lines == ["open the run:  https://mlflow.example:8443/#/experiments/7/runs/abc123",
+                     "all the runs:  https://mlflow.example:8443/#/experiments/7/runs?workflowType=machine_learning"]
     local = job_links("sqlite:////tmp/x/mlflow.db", "1", "r1")
-    assert local[-1] == "start the UI: mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db"
+    assert local[0] == "start the UI:  mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db"
     swept = sweep_links("sqlite:////tmp/x/mlflow.db", "2", "p" * 32, "/tmp/sw/1")
-    query = parse_qs(urlsplit(swept[0].split(": ", 1)[1]).fragment.split("?", 1)[1])
+    assert swept[0] == local[0] and swept[2] == f"sweep run:     http://127.0.0.1:5000/#/experiments/2/runs/{'p' * 32}"
+    query = parse_qs(urlsplit(swept[1].split(":  ", 1)[1]).fragment.split("?", 1)[1])
     assert query == {"workflowType": ["machine_learning"], "searchFilter": [f"tags.`mlflow.parentRunId` = '{'p' * 32}'"]}
-    assert swept[-1] == "compare the jobs (table and plots): alignx compare /tmp/sw/1"
+    assert swept[-1] == "compare:       alignx compare /tmp/sw/1"
     assert not any("pw-9" in line for line in [*lines, *swept])
 
 
@@ -69,7 +70,7 @@ def test_job_links_read_the_experiment_from_run_json(tmp_path):
     uri = default_tracking_uri(tmp_path)
     write_run_record(tmp_path, run_id="r" * 32, tracking_uri=uri, experiment_id="3", fingerprint="f")
     job = Job(output_dir=tmp_path, run_id="r" * 32, tracking_uri=uri)
-    assert job.mlflow_links()[0] == f"MLflow run:  http://127.0.0.1:5000/#/experiments/3/runs/{'r' * 32}"
+    assert job.mlflow_links()[1] == f"open the run:  http://127.0.0.1:5000/#/experiments/3/runs/{'r' * 32}"
     assert Job(output_dir=tmp_path / "elsewhere", run_id="x", tracking_uri=uri).mlflow_links() == [
         f"open MLflow: mlflow ui --backend-store-uri {uri}"]
     assert Job().mlflow_links() == []

@@ -73,13 +73,13 @@ def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     # where to look next: the runs view (MLflow 3's training view), the UI command, alignx compare
     out = proc.stdout
     exp = parent.info.experiment_id
-    link = re.search(r"MLflow sweep jobs: (http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs\?\S+)", out)
+    link = re.search(r"sweep's jobs:  (http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs\?\S+)", out)
     assert link and link.group(2) == exp, out[-2000:]
     assert "workflowType=machine_learning" in link.group(1)
     assert unquote(link.group(1).split("searchFilter=")[1]) == f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    assert f"MLflow sweep run:  http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent.info.run_id}" in out
+    assert f"sweep run:     http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent.info.run_id}" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{(tmp_path / 'mlflow.db').resolve()}" in out
-    assert f"alignx compare {(tmp_path / 'sweep').resolve()}" in out
+    assert f"compare:       alignx compare {(tmp_path / 'sweep').resolve()}" in out
 
 
 def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):

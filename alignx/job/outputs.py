@@ -32,7 +32,12 @@ def redacted_yaml(resolved: Mapping[str, Any]) -> str:
 
 
 def data_metrics(stats: Mapping[str, Any], hits: Mapping[str, bool], rows: Mapping[str, Any]) -> dict[str, float]:
-    """The one-off data counters of a job: kept/truncated/dropped/... per split, cache hits, invalid rows dropped."""
+    """The one-off data counters of a job: kept/truncated/dropped/... per split, cache hits, invalid rows dropped.
+
+    Keyed ``data/<split>/<counter>`` in the job's metrics; handed to the tracker, they become tags
+    ``data.<split>.<counter>`` and the ``data/summary.json`` artifact, not MLflow metrics
+    (:mod:`alignx.tracking.summary` says why).
+    """
     out: dict[str, float] = {}
     for split, st in stats.items():
         out.update(st.as_metrics(f"data/{split}"))

@@ -40,26 +40,27 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
 
 
 def _start_ui(uri: str) -> list[str]:
-    # a server already serves its UI; a local store needs one started (then the links above work)
-    return [] if is_remote(uri) else [f"start the UI: {ui_command(uri)}"]
+    # a server already serves its UI; a local store needs one started before the links below open
+    return [] if is_remote(uri) else [f"start the UI:  {ui_command(uri)}"]
 
 
 def job_links(uri: str, experiment_id: str, run_id: str) -> list[str]:
-    """Lines printed at the end of a job: its run, the experiment's runs view, how to start the UI."""
+    """Lines printed at the end of a job: how to start the UI (a local store), the run, the experiment's runs."""
     return [
-        f"MLflow run:  {run_url(uri, experiment_id, run_id)}",
-        f"MLflow runs: {runs_view_url(uri, experiment_id)}",
         *_start_ui(uri),
+        f"open the run:  {run_url(uri, experiment_id, run_id)}",
+        f"all the runs:  {runs_view_url(uri, experiment_id)}",
     ]
 
 
 def sweep_links(uri: str, experiment_id: str, parent_run_id: str, sweep_dir: str | Path | None) -> list[str]:
-    """Lines printed at the end of a sweep: its jobs side by side, its parent run, the UI, ``alignx compare``."""
+    """Lines printed at the end of a sweep: how to start the UI, its jobs side by side, its parent run
+    (best job, table of jobs), and ``alignx compare`` for the table and plots."""
     lines = [
-        f"MLflow sweep jobs: {runs_view_url(uri, experiment_id, f'tags.`mlflow.parentRunId` = {parent_run_id!r}')}",
-        f"MLflow sweep run:  {run_url(uri, experiment_id, parent_run_id)}",
         *_start_ui(uri),
+        f"sweep's jobs:  {runs_view_url(uri, experiment_id, f'tags.`mlflow.parentRunId` = {parent_run_id!r}')}",
+        f"sweep run:     {run_url(uri, experiment_id, parent_run_id)}",
     ]
     if sweep_dir is not None:
-        lines.append(f"compare the jobs (table and plots): alignx compare {sweep_dir}")
+        lines.append(f"compare:       alignx compare {sweep_dir}")
     return lines
