@@ -30,9 +30,9 @@ def read_csv(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """A finished 2x2 sweep (adapter x optim.lr); returns the directory it was launched from."""
+    """A finished 2x2 sweep (adapter x optim.lr), evaluated at every step; returns the directory it was launched from."""
     tmp = tmp_path_factory.mktemp("compare")
-    args = ["-m", *fast("optim.lr=1e-3,3e-3", "adapter=none,lora", "trainer.max_steps=3")]
+    args = ["-m", *fast("optim.lr=1e-3,3e-3", "adapter=none,lora", "trainer.max_steps=3", "eval.every_n_steps=1")]
     proc = run_cli([*args, f"hydra.sweep.dir={tmp / 'sweep'}", f"outputs_root={tmp / 'outputs'}"], tmp, ENV)
     assert proc.returncode == 0, explain(proc)
     return tmp
@@ -74,7 +74,8 @@ def test_compare_latest_sweep_writes_table_plots_and_artifacts(sweep, compared, 
     assert len(best) == 1 and float(best[0][metric]) == max(float(r[metric]) for r in rows)
     assert [r for r in rows if r["best"] not in ("*", "")] == []
 
-    pngs = ["metric_vs_adapter.png", "metric_vs_optim.lr.png", "curves_train_loss.png"]
+    pngs = ["metric_vs_adapter.png", "metric_vs_optim.lr.png", "curves_train_loss.png",
+            "eval_curve_eval_gold_reward_sampled.png", "trajectory_eval_gold_reward_sampled_vs_eval_kl_to_reference.png"]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == PNG, name
         assert str(out / name) in compared.stdout  # the paths are printed, whole
@@ -145,3 +146,92 @@ def test_no_store_is_a_clear_error(tmp_path):
     assert proc.stderr.startswith("alignx: error: no MLflow store at"), explain(proc)
     assert str(tmp_path / "outputs" / "mlflow.db") in proc.stderr
     assert not (tmp_path / "outputs").exists()  # looking did not create an empty store
+
+
+# -- plots a person can read at a glance ------------------------------------------------------
+
+
+def palette_colours_in(png: Path) -> set[str]:
+    """The compare palette's colours drawn in ``png`` (at least 5 pixels of exactly that colour)."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    from alignx.compare.plots import PALETTE
+
+    pixels = imread(png)[..., :3]
+    found = set()
+    for colour in PALETTE:
+        rgb = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        if (np.abs(pixels - rgb).max(axis=-1) < 0.01).sum() >= 5:
+            found.add(colour)
+    return found
+
+
+def png_size(png: Path) -> tuple[int, int]:
+    data = png.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_one_colour_per_value_in_every_plot(sweep, compared, tmp_path):
+    """Colours follow the adapter (the non-numeric swept key): none and lora each keep one colour in
+    every plot, and no other palette colour appears anywhere."""
+    from alignx.compare import compare
+    from alignx.compare.plots import PALETTE
+
+    result = compare(str(sweep / "sweep"), out=tmp_path, log_artifacts=False,
+                     frontier=["eval/kl_to_reference", "eval/gold_reward_sampled"])
+    assert result.colour_key == "adapter"
+    assert result.colours == {"none": PALETTE[0], "lora": PALETTE[1]}
+    plots = [p for p in result.paths if p.suffix == ".png"]
+    assert {p.name for p in plots} >= {"metric_vs_adapter.png", "metric_vs_optim.lr.png", "curves_train_loss.png",
+                                       "frontier_eval_gold_reward_sampled_vs_eval_kl_to_reference.png",
+                                       "eval_curve_eval_gold_reward_sampled.png",
+                                       "trajectory_eval_gold_reward_sampled_vs_eval_kl_to_reference.png"}
+    for png in plots:
+        assert palette_colours_in(png) == {PALETTE[0], PALETTE[1]}, png.name
+
+
+def test_eval_during_training_gives_curves_and_standard_errors(sweep, compared, client):
+    """eval.every_n_steps=1 over 3 steps: eval/* at steps 1, 2 (periodic) and 3 (end of job), which
+    the eval-curve and trajectory plots draw; the gold reward's standard error is a CSV column and
+    a ± in the table."""
+    out = sweep / "sweep" / "compare"
+    rows = read_csv(out / "compare.csv")
+    for row in rows:
+        history = client.get_metric_history(row["run_id"], "eval/gold_reward_sampled")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+        assert float(row["eval/gold_reward_sampled_stderr"]) >= 0.0
+    assert "±" in compared.stdout and "95% interval over prompts" in compared.stdout
+
+
+def test_table_fits_the_terminal(sweep, compared):
+    proc = run_cli(["compare"], sweep, {**ENV, "COLUMNS": "100"})
+    assert proc.returncode == 0, explain(proc)
+    table = proc.stdout.split("\nnote:")[0].split("\nbest:")[0]
+    assert max(len(line) for line in table.splitlines()) <= 100
+
+
+def test_losses_of_different_objectives_get_a_panel_each(tmp_path):
+    """DPO's and KTO's losses are different quantities: train/loss is drawn in one panel per
+    objective (a figure twice as wide as one panel's)."""
+    from alignx.compare import compare
+
+    proc = run_cli(["-m", *fast("objective=dpo,kto", "trainer.max_steps=2", "save.model=false"),
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", f"outputs_root={tmp_path / 'outputs'}"], tmp_path, ENV)
+    assert proc.returncode == 0, explain(proc)
+    result = compare(str(tmp_path / "sweep"), out=tmp_path / "out", log_artifacts=False)
+    assert result.colour_key == "objective"
+    curves = tmp_path / "out" / "curves_train_loss.png"
+    width, _ = png_size(curves)
+    assert width >= 1100  # two panels (a single panel is 680 px wide)
+    assert len(palette_colours_in(curves)) == 2
+
+
+def test_compare_names_the_winner_on_the_parent_run(sweep, compared, client, parent_id):
+    """The parent run records the job compare marked best: its run id, its metrics as best/<metric>."""
+    rows = read_csv(sweep / "sweep" / "compare" / "compare.csv")
+    (best,) = [r for r in rows if r["best"] == "*"]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["alignx.best_run_id"] == best["run_id"]
+    assert parent.data.tags["alignx.best_metric"] == "eval/gold_reward_sampled"
+    assert parent.data.metrics["best/eval/gold_reward_sampled"] == pytest.approx(float(best["eval/gold_reward_sampled"]))
