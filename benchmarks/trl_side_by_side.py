@@ -364,7 +364,7 @@ def table(results: list[dict], model: str, configs: list[str], info: dict) -> st
     lines = [f"### {model} ({info['params'] / 1e6:.1f}M parameters, vocabulary {info['vocab_size']}, "
              f"max length {MODELS[model]['max_length']}, {info['steps']} steps of which {info['steps'] - info['warmup']} timed)", ""]
     head = ["objective", "TRL rows/s"] + [f"alignx {c} rows/s" for c in configs]
-    head += ["best alignx / TRL", "TRL peak RSS MB", "alignx peak RSS MB (best config)", "RSS ratio",
+    head += ["alignx plain / TRL", "best alignx / TRL", "TRL peak RSS MB", "alignx peak RSS MB (best config)", "RSS ratio",
              "TRL peak over train-begin MB", "alignx peak over train-begin MB", "tokens/row TRL, alignx", "runs"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for obj in OBJECTIVES:
@@ -378,7 +378,8 @@ def table(results: list[dict], model: str, configs: list[str], info: dict) -> st
         unit = " pairs" if obj != "sft" else ""
         cells = [obj.upper() + (" (pairs/s)" if unit else ""), f"{median(trl, 'rows_per_s'):.2f}" if trl else "-"]
         cells += [f"{ax_speed[c]:.2f}" if c in ax_speed else "-" for c in configs]
-        cells.append(f"{ax_speed[best] / median(trl, 'rows_per_s'):.2f}x ({best})" if trl else f"- ({best})")
+        plain = f"{ax_speed['plain'] / median(trl, 'rows_per_s'):.2f}x" if trl and "plain" in ax_speed else "-"
+        cells += [plain, f"{ax_speed[best] / median(trl, 'rows_per_s'):.2f}x ({best})" if trl else f"- ({best})"]
         t_peak = median(trl, "peak_rss_mb") if trl else None
         a_peak = median(ax[best], "peak_rss_mb")
         cells += [f"{t_peak:.0f}" if trl else "-", f"{a_peak:.0f}", f"{a_peak / t_peak:.2f}x" if trl else "-"]
