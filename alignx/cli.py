@@ -189,8 +189,6 @@ def _print_summary(job) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from alignx.tracking import ui_command
-
     console = Console()
     if job.stages:
         # before / after: each stage's evaluation on the same held-out prompts with the same seed
@@ -219,7 +217,8 @@ def _print_summary(job) -> None:
         print(f"model:       {job.model_dir}")
     if job.run_id:
         print(f"MLflow run:  {job.run_id} in {job.tracking_uri}")
-        print(f"open MLflow: {ui_command(job.tracking_uri)}")
+        for line in job.mlflow_links():
+            print(line)
     if job.tracking_errors:
         gaps = job.tracking.get("gaps") or "none"
         print(

@@ -83,7 +83,8 @@ def train(
     start = StartingModel(cfg, plan.registry, plan.objective_cls, model)
     data = encode_data(plan, rows, tokenizer)
     tracker = open_run(plan, parent_run_id=parent_run_id, run_name=run_name, extra_tags=extra_tags)
-    job = Job(output_dir=plan.output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri, rank_zero=is_rank_zero())
+    job = Job(output_dir=plan.output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri, rank_zero=is_rank_zero(),
+              experiment_id=tracker.experiment_id if tracker.run_id else None)
     status = "FAILED"
     try:
         with interruptible(), finishing(tracker):
