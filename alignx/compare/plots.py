@@ -57,6 +57,7 @@ class Styles:
         return str(row.get(self.key)) if self.key else ""
 
     def colour(self, row: dict) -> str:
+        """The colour of the row's value of :attr:`key`."""
         return self.colours.get(self.value(row), PALETTE[0])
 
     def variant(self, row: dict) -> str:
@@ -64,9 +65,11 @@ class Styles:
         return " ".join(f"{_short(o)}={row.get(o)}" for o in self.others)
 
     def marker(self, row: dict) -> str:
+        """The marker of the row's combination of the other swept params."""
         return MARKERS[self.variants.get(self.variant(row), 0) % len(MARKERS)]
 
     def linestyle(self, row: dict) -> str:
+        """The line style of the row's combination of the other swept params."""
         return LINESTYLES[self.variants.get(self.variant(row), 0) % len(LINESTYLES)]
 
     def label(self, row: dict) -> str:
@@ -90,6 +93,7 @@ def as_numbers(values: Sequence[Any]) -> list[float] | None:
 
 
 def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     # no display on servers and in CI; Agg also never opens windows on a desktop
@@ -255,6 +259,7 @@ class History:
     values: list[float]
 
     def at(self) -> dict[int, float]:
+        """``{step: value}``."""
         return dict(zip(self.steps, self.values))
 
 

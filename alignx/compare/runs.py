@@ -10,6 +10,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from omegaconf import OmegaConf
@@ -64,7 +65,8 @@ def _local_store(uri: str) -> Path | None:
     return None
 
 
-def client_for(uri: str):
+def client_for(uri: str) -> Any:
+    """An ``MlflowClient`` on ``uri``; a local store that does not exist is a :class:`CompareError` (never created)."""
     # An sqlite store is created on first use: check first, or a typo would leave an empty db.
     local = _local_store(uri)
     if local is not None and not local.exists():
@@ -97,7 +99,7 @@ def _listing(runs: list, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def find_parent(client, uri: str, sweep: str | os.PathLike | None, experiment: str):
+def find_parent(client: Any, uri: str, sweep: str | os.PathLike | None, experiment: str):
     """The sweep's parent run, from an id, a sweep dir, or the latest in ``experiment``."""
     if sweep is None:
         exp = client.get_experiment_by_name(experiment)
@@ -151,7 +153,8 @@ def _get_run(client, uri: str, run_id: str):
     return run
 
 
-def job_runs(client, parent) -> list:
+def job_runs(client: Any, parent: Any) -> list:
+    """The sweep's job runs (children of ``parent``) in job-number order."""
     runs = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
@@ -165,7 +168,7 @@ def job_runs(client, parent) -> list:
     return sorted(runs, key=key)
 
 
-def param_value(run, key: str) -> str:
+def param_value(run: Any, key: str) -> str:
     """A job's value of swept key ``key``.
 
     A config-group override (``adapter=lora``) is logged as ``adapter.name``; anything else
@@ -182,7 +185,7 @@ def param_value(run, key: str) -> str:
     return ""
 
 
-def swept_params(parent, children: list) -> list[str]:
+def swept_params(parent: Any, children: list) -> list[str]:
     """The swept keys the parent recorded; else the params whose values differ across jobs."""
     keys = [k for k in parent.data.params.get("alignx.swept_keys", "").split(",") if k]
     if keys:
@@ -191,7 +194,7 @@ def swept_params(parent, children: list) -> list[str]:
     return [k for k in names if len({run.data.params.get(k) for run in children}) > 1]
 
 
-def default_out(parent) -> Path:
+def default_out(parent: Any) -> Path:
     """``<sweep dir>/compare`` next to the jobs; else under the outputs root, by parent id."""
     sweep_dir = parent.data.tags.get(SWEEP_DIR_TAG)
     if sweep_dir and Path(sweep_dir).is_dir():

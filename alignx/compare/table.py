@@ -73,6 +73,7 @@ def infer_mode(metric: str) -> str:
 
 
 def all_metrics(children: list) -> list[str]:
+    """Every metric some job logged, sorted."""
     return sorted({k for run in children for k in run.data.metrics})
 
 
@@ -83,7 +84,7 @@ def pick_metrics(children: list, wanted: Sequence[str] | None) -> tuple[list[str
     return [m for m in wanted if m in have], [m for m in wanted if m not in have]
 
 
-def job_row(run, params: list[str], metrics: list[str]) -> dict[str, Any]:
+def job_row(run: Any, params: list[str], metrics: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"job": run.info.run_name, "status": run.info.status}
     for key in params:
         row[key] = param_value(run, key)
@@ -138,6 +139,7 @@ def job_number(name: str) -> str:
 
 
 def is_number(value: Any) -> bool:
+    """A real number that is not NaN (a table cell that holds a value)."""
     return isinstance(value, (int, float)) and not math.isnan(value)
 
 
@@ -153,6 +155,7 @@ def best_row(rows: list[dict], metric: str | None, mode: str) -> int | None:
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    """``rows`` as CSV with ``columns`` (None as an empty cell); returns ``path``."""
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
