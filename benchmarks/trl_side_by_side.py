@@ -54,6 +54,7 @@ import json
 import os
 import random
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -514,7 +515,7 @@ def main() -> None:
                               file=sys.stderr, flush=True)
             sections.append(table(results, model, configs, info))
     minutes = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
-    command = "python benchmarks/trl_side_by_side.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/trl_side_by_side.py " + shlex.join(sys.argv[1:])
     header = [
         "# alignx vs TRL, side by side (CPU)", "",
         f"{started:%Y-%m-%d %H:%M} UTC, {minutes:.0f} min; {versions()}; torch threads per run "
