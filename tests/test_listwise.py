@@ -213,3 +213,25 @@ def test_job_trains_on_ranked_rows_and_logs_the_listwise_metrics(tmp_path, name)
     assert 0.0 <= m["val/ranking_accuracy"] <= 1.0
     assert "eval/gold_reward_greedy" in m  # evaluated as a policy
     assert (job.output_dir / "model" / "model.safetensors").is_file()
+
+
+def test_padding_free_and_chunked_log_probs_give_the_padded_step():
+    """The filler slot (one attended pad token) packs like any row; the chunked log-probs equal the logits'."""
+    from alignx.models.packing import enable_padding_free
+
+    torch.manual_seed(0)
+    (model, tok), cfg = _tiny()
+    objective = PRO(model.eval(), tok, compose(["objective=pro"]).objective, optimizer=None).eval()
+    rows = [{"prompt": "ab", "completions": ["good", "no", "fine!"], "ranks": [1, 0, 2]},
+            {"prompt": "c", "chosen": "x", "rejected": "yyyy"}]
+    batch = collate_ranked_lm([encode_ranked_lm(r, tok, cfg.data)[0] for r in rows], tok.pad_token_id)
+    with torch.no_grad():
+        padded, metrics = objective.step(batch)
+        objective.logprob_chunk_size = 3
+        chunked, _ = objective.step(batch)
+        enable_padding_free(model)
+        objective.padding_free = True
+        packed, packed_metrics = objective.step(batch)
+    assert chunked.item() == pytest.approx(padded.item(), rel=1e-5)
+    assert packed.item() == pytest.approx(padded.item(), rel=1e-5)
+    assert packed_metrics["sft_loss"].item() == pytest.approx(metrics["sft_loss"].item(), rel=1e-5)
