@@ -235,3 +235,21 @@ def test_padding_free_and_chunked_log_probs_give_the_padded_step():
     assert chunked.item() == pytest.approx(padded.item(), rel=1e-5)
     assert packed.item() == pytest.approx(padded.item(), rel=1e-5)
     assert packed_metrics["sft_loss"].item() == pytest.approx(metrics["sft_loss"].item(), rel=1e-5)
+
+
+def test_a_jsonl_file_with_rankings_of_different_k_and_pairs_trains(tmp_path):
+    """Rows with 2, 3 and 4 responses share batches: the collator pads with filler slots and the
+    job trains and evaluates on them."""
+    from conftest import write_jsonl
+
+    rows = []
+    for i in range(32):
+        k = 2 + i % 3
+        rows.append({"prompt": f"say {i}", "completions": [f"answer {j} to {i}" for j in range(k)], "ranks": list(range(k))})
+    path = write_jsonl(tmp_path / "ranked.jsonl", rows)
+    fast = [o for o in FAST if not o.startswith("dataset.")]  # the builtin tasks' sizes
+    job = train(compose([*fast, "objective=rrhf", "dataset=jsonl", f"dataset.path={path}", "dataset.val_fraction=0.25",
+                         "data.batch_size=8", "trainer.max_steps=3", "tracking=none",
+                         f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}"]))
+    assert math.isfinite(job.metrics["train/loss"]) and math.isfinite(job.metrics["val/rank_loss"])
+    assert job.metrics["data/train/kept"] + job.metrics["data/val/kept"] == 32
