@@ -4,7 +4,8 @@ Both score each response by the policy's own completion log-probability, length-
 default (``objective.length_normalize``; no reference model, no reward model at training time),
 add a ranking loss over the K responses of a prompt (:mod:`alignx.losses.listwise`) and an SFT
 term on the best response. They differ only in the ranking loss, so one base
-(:class:`ListwiseObjective`) holds the data path and the step and each subclass names its loss. Formulas: ``docs/losses.md`` ("Listwise ranking: PRO and RRHF").
+(:class:`ListwiseObjective`) holds the data path and the step and each subclass names its loss.
+Formulas: ``docs/losses.md`` ("Listwise ranking: PRO and RRHF").
 """
 
 from __future__ import annotations
