@@ -377,8 +377,8 @@ def table(results: list[dict], model: str, configs: list[str], info: dict) -> st
         ax_speed = {c: median(rs, "rows_per_s") for c, rs in ax.items() if rs}
         best = max(ax_speed, key=ax_speed.get)
         unit = " pairs" if obj != "sft" else ""
-        cells = [obj.upper() + (" (pairs/s)" if unit else ""), f"{median(trl, 'rows_per_s'):.2f}" if trl else "-"]
-        cells += [f"{ax_speed[c]:.2f}" if c in ax_speed else "-" for c in configs]
+        cells = [obj.upper() + (" (pairs/s)" if unit else ""), f"{median(trl, 'rows_per_s'):.3g}" if trl else "-"]
+        cells += [f"{ax_speed[c]:.3g}" if c in ax_speed else "-" for c in configs]
         plain = f"{ax_speed['plain'] / median(trl, 'rows_per_s'):.2f}x" if trl and "plain" in ax_speed else "-"
         cells += [plain, f"{ax_speed[best] / median(trl, 'rows_per_s'):.2f}x ({best})" if trl else f"- ({best})"]
         t_peak = median(trl, "peak_rss_mb") if trl else None
