@@ -12,9 +12,8 @@ from typing import Any
 
 from alignx.compare.runs import param_value
 from alignx.compare.stats import summarize
+from alignx.tracking.summary import DEFAULT_METRICS, infer_mode
 
-#: metrics shown when none are asked for, in this order; only those some job has are kept
-DEFAULT_METRICS = ("eval/gold_reward_sampled", "eval/gold_reward_greedy", "eval/perplexity", "val/loss")
 #: the swept key whose jobs are repetitions of one setting, averaged into one row
 SEED_KEY = "seed"
 #: suffixes of a grouped row's per-metric columns: 95% half-width, number of jobs with the metric
@@ -64,12 +63,6 @@ class CompareResult:
     colour_key: str | None = None
     #: the colour (``#rrggbb``) of each value of ``colour_key``, the same in every plot of this call
     colours: dict[str, str] = field(default_factory=dict)
-
-
-def infer_mode(metric: str) -> str:
-    """``min`` for losses and perplexities (lower is better), ``max`` for everything else."""
-    name = metric.lower()
-    return "min" if "loss" in name or "perplexity" in name or name.endswith("ppl") else "max"
 
 
 def all_metrics(children: list) -> list[str]:
