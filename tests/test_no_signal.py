@@ -94,9 +94,9 @@ def test_a_job_reports_collapsed_pairs_per_split(tmp_path):
     # prompt + " good": the rest of " good film" / " good show" (and their EOS) is cut
     cfg.data.max_length = len(tok("Rev 00:")["input_ids"]) + len(tok(" good", add_special_tokens=False)["input_ids"])
     job = train(cfg)
-    metrics = MlflowClient(job.tracking_uri).get_run(job.run_id).data.metrics
-    assert metrics["data/train/identical_after_truncation"] == 8 and metrics["data/val/identical_after_truncation"] == 2
-    assert metrics["data/train/truncated"] == 16 and metrics["data/train/kept"] == 0
+    tags = MlflowClient(job.tracking_uri).get_run(job.run_id).data.tags  # data counters are tags, not metrics
+    assert tags["data.train.identical_after_truncation"] == "8" and tags["data.val.identical_after_truncation"] == "2"
+    assert tags["data.train.truncated"] == "16" and tags["data.train.kept"] == "0"
 
 
 # -- divergence stops every objective ----------------------------------------------------------------

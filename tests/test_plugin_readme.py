@@ -102,7 +102,7 @@ def test_a_sweep_over_the_plugin_and_sft_compares_on_the_same_axes(site: Path, t
     parents, children = sweep_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
     assert parents[0].data.tags["alignx.objective"] == "listwise,sft"
-    assert "objective.name" not in parents[0].data.params
+    assert parents[0].data.params["objective.name"] == "listwise,sft"  # the parent lists the swept values
     by_objective = {c.data.tags["alignx.objective"]: c for c in children}
     assert set(by_objective) == {"listwise", "sft"}
     assert all(c.info.status == "FINISHED" for c in children)
