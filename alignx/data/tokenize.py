@@ -252,6 +252,13 @@ def encode_pair(
     return out, status
 
 
+def ranked_completions(row: Mapping[str, Any]) -> tuple[list[str], list[float]]:
+    """(completions, ranks) of a K-wise ranked row, or of a pairs row read as K=2 (ranks ``[0.0, 1.0]``)."""
+    if "completions" in row:
+        return list(row["completions"]), [float(r) for r in row["ranks"]]
+    return [row["chosen"], row["rejected"]], [0.0, 1.0]
+
+
 def encode_ranked(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any]) -> tuple[dict | None, str]:
     """A pairs row (chosen ranked above rejected) or a K-wise ranked row -> K sequences and their ranks.
 
@@ -260,10 +267,7 @@ def encode_ranked(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str,
     ``input_ids`` (the longest sequence, for length bucketing) and ``margin`` (float) when the row
     has one. Truncation never cuts the EOS: it replaces the last completion token.
     """
-    if "completions" in row:
-        completions, ranks = list(row["completions"]), [float(r) for r in row["ranks"]]
-    else:
-        completions, ranks = [row["chosen"], row["rejected"]], [0.0, 1.0]
+    completions, ranks = ranked_completions(row)
     seqs, status = encode_prompt_completions(row, completions, tokenizer, data_cfg)
     if seqs is None:
         return None, status
@@ -287,10 +291,7 @@ def encode_ranked_lm(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[s
     ``input_ids`` (the longest sequence, for length bucketing). Unlike :func:`encode_ranked`,
     ``truncate_completion`` cuts the EOS with the rest: the labels are what the policy is scored on.
     """
-    if "completions" in row:
-        completions, ranks = list(row["completions"]), [float(r) for r in row["ranks"]]
-    else:
-        completions, ranks = [row["chosen"], row["rejected"]], [0.0, 1.0]
+    completions, ranks = ranked_completions(row)
     seqs, status = encode_prompt_completions(row, completions, tokenizer, data_cfg)
     if seqs is None:
         return None, status
