@@ -41,9 +41,8 @@ KEY = "model.padding_free"
 #: the name of alignx's per-row attention in transformers' attention registries
 IMPLEMENTATION = "alignx_varlen"
 
-#: row boundaries of the packed forward in progress (offsets into the packed sequence), or None: read
-#: by the mask builder only
-_BOUNDS: contextvars.ContextVar[tuple[int, ...] | None] = contextvars.ContextVar("alignx_packed_bounds", default=None)
+#: True while a packed forward runs: the mask builder (which sees no forward arguments) then builds no mask
+_PACKED: contextvars.ContextVar[bool] = contextvars.ContextVar("alignx_packed", default=False)
 
 
 class PackedBatch(NamedTuple):
@@ -142,7 +141,7 @@ def _per_row_mask(*args, **kwargs) -> torch.Tensor | None:
     """No mask inside :func:`packed` (attention is per row already); SDPA's mask otherwise."""
     from transformers.masking_utils import sdpa_mask
 
-    return None if _BOUNDS.get() is not None else sdpa_mask(*args, **kwargs)
+    return None if _PACKED.get() else sdpa_mask(*args, **kwargs)
 
 
 def _register() -> None:
@@ -186,8 +185,8 @@ def packed(model: torch.nn.Module, batch: PackedBatch) -> Iterator[None]:
     model builds no attention mask.
     """
     enable_padding_free(model)
-    token = _BOUNDS.set(batch.bounds)
+    token = _PACKED.set(True)
     try:
         yield
     finally:
-        _BOUNDS.reset(token)
+        _PACKED.reset(token)
