@@ -38,7 +38,8 @@ MODELS = {"llama": "alignx.models.loading:build_llama", "hf": "alignx.models.loa
 ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.adapters:lora",
             "dora": "alignx.models.adapters:lora"}
 #: rewards beyond each task's gold reward: a trained reward model (reward=rm reward.path=...) and a length penalty
-REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty"}
+REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty",
+           "ensemble": "alignx.rewards.ensemble:ensemble_reward"}
 
 
 def register(registry: Registry) -> None:

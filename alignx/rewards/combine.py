@@ -19,7 +19,7 @@ component. RL objectives call :meth:`Reward.score` and log :meth:`Reward.metrics
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from omegaconf import OmegaConf
@@ -34,7 +34,8 @@ from alignx.rewards.factory import (
     reward_factory,
 )
 
-__all__ = ["Reward", "RewardError", "RewardFn", "build_reward", "check_scores", "is_reward_factory", "reward_factory"]
+__all__ = ["DetailedReward", "Reward", "RewardError", "RewardFn", "build_reward", "check_scores", "is_reward_factory",
+           "reward_factory"]
 
 
 def check_scores(name: str, scores: Any, n: int) -> torch.Tensor:
@@ -61,6 +62,18 @@ def check_scores(name: str, scores: Any, n: int) -> torch.Tensor:
     return t
 
 
+@runtime_checkable
+class DetailedReward(Protocol):
+    """A reward function that also reports per-completion details next to its scores (not summed,
+    only logged as ``reward/<component>/<detail>``), e.g. an ensemble's disagreement."""
+
+    def score_with_details(
+        self, prompts: Sequence[str], completions: Sequence[str]
+    ) -> tuple[Any, Mapping[str, Any]]:
+        """``(one score per completion, {detail name: one value per completion})``."""
+        ...
+
+
 @dataclass
 class Reward:
     """A weighted sum of reward functions, checked, with an optional missing-EOS score."""
@@ -77,14 +90,21 @@ class Reward:
     def score(
         self, prompts: Sequence[str], completions: Sequence[str], *, has_eos: Sequence[bool] | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(total [N], {component name: its unweighted scores [N]})`` on CPU."""
+        """Return ``(total [N], {component name: its unweighted scores [N]})`` on CPU; a
+        :class:`DetailedReward` component adds ``<name>/<detail>`` entries, not in the total."""
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"one prompt per completion expected, got {len(prompts)} prompts and {n} completions")
         total = torch.zeros(n)
         parts: dict[str, torch.Tensor] = {}
         for name, weight, fn in self.components:
-            parts[name] = check_scores(name, fn(list(prompts), list(completions)), n)
+            if isinstance(fn, DetailedReward):  # e.g. an ensemble: also its members' std, as <name>/std
+                scores, details = fn.score_with_details(list(prompts), list(completions))
+                parts[name] = check_scores(name, scores, n)
+                for key, values in details.items():
+                    parts[f"{name}/{key}"] = check_scores(f"{name}/{key}", values, n)
+            else:
+                parts[name] = check_scores(name, fn(list(prompts), list(completions)), n)
             total = total + weight * parts[name]
         if self.missing_eos_penalty is not None and has_eos is not None:
             eos = torch.as_tensor(has_eos, dtype=torch.bool).cpu()
