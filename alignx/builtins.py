@@ -27,6 +27,7 @@ OBJECTIVES = {
     "dapo": "alignx.objectives.grpo:DAPO",
     "gspo": "alignx.objectives.grpo:GSPO",
     "reinforce_pp": "alignx.objectives.grpo:ReinforcePP",
+    "online_dpo": "alignx.objectives.online_dpo:OnlineDPO",
 }
 #: the DPO family: objective=dpo objective.loss=<name> looks these up
 PREFERENCE_LOSSES = {
