@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Callable, ClassVar, ContextManager, Iterator
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig
 
 from alignx.data.rows import encode_split
 from alignx.data.tokenize import prompt_is_templated, prompt_text
+from alignx.errors import PluginError
 from alignx.evaluation.metrics import evaluate_policy, pair_accuracy, reference_rows
 from alignx.models.adapters import is_peft
 from alignx.objectives.base import Objective, ReferenceObjective
@@ -40,6 +41,10 @@ def evaluate(
     A policy: gold reward (when the dataset names a task), perplexity and, with ``reference`` (a
     factory of context managers yielding the reference policy), KL from it and win rate against
     it. A scorer (``generates_text`` false, ``eval_kind="pairs"``): ranking accuracy on pairs.
+
+    The policy (and the reference it is compared with) completes each prompt as
+    :meth:`Objective.generation_prompt` renders it; the gold reward and the samples table see the
+    prompt itself, learned reward models (``eval.reward_model``) the rendered text.
     """
     if not cfg.eval.enabled or not test_rows:
         return {}, []
@@ -54,18 +59,45 @@ def evaluate(
     # held-out rows in order, repeats included: a task with few distinct prompts (sentiment has a
     # handful of review openings) still gets eval.num_prompts independent samples
     prompts = [prompt_text(r, tokenizer, chat) for r in test_rows][: int(cfg.eval.num_prompts)]
+    # the policy completes what its objective conditions it on; the reward still reads the task's prompt
+    asked, original = generation_prompts(objective_cls, prompts, cfg)
     items, _, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
     collate = SFT.collate_fn(tokenizer)
     bs = int(cfg.data.eval_batch_size)
-    return evaluate_policy(
-        model, tokenizer, prompts, cfg.eval,
-        reward_fn=reward_fn,
+    metrics, samples = evaluate_policy(
+        model, tokenizer, asked, cfg.eval,
+        reward_fn=None if reward_fn is None else _on_original(reward_fn, original),
         ppl_batches=[collate(items[i : i + bs]) for i in range(0, len(items), bs)],
         seed=int(cfg.seed),
         prompt_is_templated=any(prompt_is_templated(r, chat) for r in test_rows),
         reference=reference,
         reward_models=eval_reward_models(cfg),
     )
+    return metrics, [{**row, "prompt": original[row["prompt"]]} for row in samples]
+
+
+def generation_prompts(objective_cls: type[Objective], prompts: list[str], cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
+    """(the texts the policy completes, {text: the prompt it came from}): each prompt through
+    :meth:`Objective.generation_prompt`. Two prompts conditioned into one text is a PluginError
+    (the reward could not tell which prompt a completion answers)."""
+    asked = [objective_cls.generation_prompt(p, cfg) for p in prompts]
+    original: dict[str, str] = {}
+    for text, prompt in zip(asked, prompts):
+        if original.setdefault(text, prompt) != prompt:
+            raise PluginError(
+                f"objective '{objective_cls.name}': generation_prompt turns two prompts, {original[text]!r} and "
+                f"{prompt!r}, into the same text {text!r}"
+            )
+    return asked, original
+
+
+def _on_original(reward_fn: Callable[..., Any], original: dict[str, str]) -> Callable[..., Any]:
+    """``reward_fn`` called with the task's prompts in place of the texts the policy completed."""
+
+    def score(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> Any:
+        return reward_fn([original[p] for p in prompts], completions, **kwargs)
+
+    return score
 
 
 def _evaluate_scorer(cfg: DictConfig, model: Any, tokenizer: Any, objective_cls: type[Objective], rows: list[dict]) -> dict:

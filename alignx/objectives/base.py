@@ -249,6 +249,18 @@ class Objective(L.LightningModule):
         check_known_keys([str(k) for k in node.keys()], allowed, "objective.")
 
     @classmethod
+    def generation_prompt(cls, prompt: str, cfg: Any) -> str:
+        """The text the policy completes for ``prompt`` (already rendered, chat template applied) at
+        evaluation and sampling; ``cfg`` is the whole job config. Default: ``prompt`` unchanged.
+
+        An objective that trains the policy to answer after a conditioning text (Chain of
+        Hindsight's positive feedback phrase, a rating-conditioned attribute prompt) returns the
+        prompt with that text added. The evaluation suite generates from it; rewards, reward models
+        and the samples table still see ``prompt`` itself.
+        """
+        return prompt
+
+    @classmethod
     def stages(cls, cfg: Any) -> list[dict] | None:
         """An objective that is several trainings (iterative methods: SPIN, ...) returns them as
         pipeline stages (``[{name, overrides}]``, see :mod:`alignx.pipeline`); the job then runs
