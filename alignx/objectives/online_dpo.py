@@ -31,7 +31,7 @@ import torch
 
 from alignx.data.sampled_pairs import SampledPairs, best_worst_pairs
 from alignx.data.tokenize import prompt_is_templated
-from alignx.errors import ConfigError
+from alignx.errors import ConfigError, PluginError
 from alignx.generation import generate_rollouts
 from alignx.models.adapters import is_peft
 from alignx.models.loading import build_hf, save_pretrained_atomic
@@ -40,7 +40,7 @@ from alignx.objectives.dpo import DPO
 from alignx.objectives.iterative import STAGE_NAME, iteration_stages
 from alignx.objectives.online import OnlineObjective
 from alignx.registry import load_plugins
-from alignx.rewards import check_reward_config
+from alignx.rewards import check_reward_config, read_components
 from alignx.rewards.combine import build_reward
 from alignx.tracking.logger import TrackerLogger
 
@@ -115,7 +115,13 @@ class OnlineDPO(DPO):
             raise ConfigError(f"objective.max_new_tokens={node.max_new_tokens} must be >= 1")
         if float(node.temperature) <= 0:
             raise ConfigError(f"objective.temperature={node.temperature} must be > 0 (the completions are sampled)")
-        check_reward_config(cfg.reward, load_plugins())
+        registry = load_plugins()
+        for comp in read_components(cfg.reward):  # an unknown reward is named by the key that selects it
+            try:
+                registry.get("reward", comp.reward)
+            except PluginError as exc:
+                raise ConfigError(f"{comp.where}{'.name' if 'name' in cfg.reward.components[comp.key] else ''}: {exc}") from None
+        check_reward_config(cfg.reward, registry)
 
     # -- data: prompt rows now, pairs once sampled ---------------------------------------------------
     @classmethod
