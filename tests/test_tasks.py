@@ -32,6 +32,7 @@ COLUMNS = {
     "pairs": {"prompt", "chosen", "rejected"},
     "ranked": {"prompt", "completions", "ranks"},
     "unpaired": {"prompt", "completion", "label"},
+    "rated": {"prompt", "completion", "rating"},
 }
 
 
@@ -81,6 +82,8 @@ def test_row_schema(task, kind):
                 assert type(value) is bool
             elif key == "ranks":
                 assert len(value) == len(row["completions"]) and all(type(r) is int for r in value)
+            elif key == "rating":  # gold reward in [0, 1]; rating_noise defaults to 0 in rows()
+                assert type(value) is float and 0.0 <= value <= 1.0
             elif key == "completions":
                 assert len(value) == 4 and len(set(value)) == 4
                 assert all(isinstance(c, str) and c.strip() and len(c.encode()) < 40 for c in value), value

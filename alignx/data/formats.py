@@ -25,6 +25,10 @@ ranked     ``prompt`` (str, may be empty), ``completions``     ``prompt``, ``com
 unpaired   ``prompt`` (str, may be empty), ``completion``      ``prompt``, ``completion`` (str),
            (non-empty str, or a message list ending with an    ``label``
            assistant message), ``label`` (a real bool)
+rated      ``prompt`` (str, may be empty), ``completion``      ``prompt``, ``completion`` (str),
+           (non-empty str, or a message list ending with an    ``rating`` (float)
+           assistant message), ``rating`` (a finite number,
+           higher = better; not a bool)
 =========  ==================================================  =================================
 
 Conversational preference rows (``chosen``/``rejected``/``completions``/``completion`` given as
@@ -72,9 +76,9 @@ from alignx.errors import ConfigError, DataError
 ROLES = ("system", "user", "assistant")
 #: every canonical column name a row kind may use (the keys ``dataset.columns`` may map)
 CANONICAL_COLUMNS = (
-    "prompt", "completion", "chosen", "rejected", "margin", "completions", "ranks", "label", "messages",
+    "prompt", "completion", "chosen", "rejected", "margin", "completions", "ranks", "label", "messages", "rating",
 )
-_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired")
+_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired", "rated")
 #: values of ``data.invalid_rows``
 INVALID_ROW_POLICIES = ("error", "drop")
 
@@ -310,19 +314,33 @@ def _ranked(r: _Row) -> dict:
     return {"prompt": prompt, "completions": texts, "ranks": [r_ if isinstance(r_, int) else float(r_) for r_ in ranks]}
 
 
-def _unpaired(r: _Row) -> dict:
+def _prompt_and_completion(r: _Row) -> tuple[Any, str]:
+    """(prompt, completion) of a one-completion row (unpaired, rated): plain strings or a
+    conversational completion (a message list) whose earlier turns join the prompt."""
     if r.has("completion") and isinstance(r.get("completion"), list):
         prompt, (completion,) = _conversation(r, [("completion", "", r.get("completion"))])
-    else:
-        prompt = r.string("prompt", non_empty=False)
-        completion = r.string("completion", non_empty=True)
+        return prompt, completion
+    return r.string("prompt", non_empty=False), r.string("completion", non_empty=True)
+
+
+def _unpaired(r: _Row) -> dict:
+    prompt, completion = _prompt_and_completion(r)
     label = r.get("label")
     if not isinstance(label, bool):  # a "true" string or a 1 is ambiguous data, not a label
         raise r.error("label", f"expected a bool (true = desirable, false = undesirable), got {_describe(label)}", "label not a bool")
     return {"prompt": prompt, "completion": completion, "label": label}
 
 
-_SCHEMAS = {"sft": _sft, "prompt": _prompt, "pairs": _pairs, "ranked": _ranked, "unpaired": _unpaired}
+def _rated(r: _Row) -> dict:
+    prompt, completion = _prompt_and_completion(r)
+    rating = r.get("rating")
+    if not _is_number(rating):  # a bool, a "4" string or a NaN is a data bug, not a rating
+        raise r.error("rating", f"expected a finite number (the completion's rating, higher = better), got {_describe(rating)}",
+                      "bad rating")
+    return {"prompt": prompt, "completion": completion, "rating": float(rating)}
+
+
+_SCHEMAS = {"sft": _sft, "prompt": _prompt, "pairs": _pairs, "ranked": _ranked, "unpaired": _unpaired, "rated": _rated}
 
 
 def check_kind(kind: str) -> None:

@@ -435,7 +435,9 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
 
     Keys: ``task`` (a registered task name), ``n_train`` / ``n_val`` /
     ``n_test`` (row counts), ``label_noise`` (default 0), ``ranked_k`` (completions per
-    ranked row; passed to the task's ``rows`` as ``k`` for kind "ranked").
+    ranked row; passed to the task's ``rows`` as ``k`` for kind "ranked"), ``rating_noise`` (the
+    std of the Gaussian noise on the gold reward of rated rows; passed as ``rating_noise`` for
+    kind "rated").
     """
 
     registry = load_plugins()
@@ -457,6 +459,14 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
         if cfg.get("ranked_k") is None:
             raise ConfigError(f"dataset.ranked_k (completions per ranked row) is required for ranked rows of builtin task '{name}'")
         extra["k"] = int(cfg["ranked_k"])
+    if kind == "rated":
+        params = inspect.signature(task.rows).parameters
+        if "rating_noise" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ConfigError(f"builtin task '{name}' does not generate rated rows (its rows() takes no 'rating_noise')")
+        if cfg.get("rating_noise") is None:
+            raise ConfigError(f"dataset.rating_noise (the std of the noise on rated rows' gold reward) is required for rated rows "
+                              f"of builtin task '{name}'")
+        extra["rating_noise"] = float(cfg["rating_noise"])
     rows = task.rows(kind, split, int(n), seed=seed, label_noise=label_noise, **extra)
     source = f"builtin task '{name}' ({split} split)"
     items = _validated(((source, i, row) for i, row in enumerate(rows, 1)), kind, {}, None)

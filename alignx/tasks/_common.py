@@ -84,6 +84,19 @@ def check_rows_args(task: str, kind: str, split: str, n: int, seed: int, label_n
         )
 
 
+def check_rating_noise(task: str, rating_noise: float) -> None:
+    """Raise :class:`TaskArgumentError` unless ``rating_noise`` (a standard deviation) is a finite number >= 0."""
+    if (
+        isinstance(rating_noise, bool)
+        or not isinstance(rating_noise, Real)
+        or not 0.0 <= float(rating_noise) < math.inf  # also rejects NaN
+    ):
+        raise TaskArgumentError(
+            f"task '{task}': rating_noise (the std of the noise added to the gold reward) must be a finite number >= 0, "
+            f"got {rating_noise!r}"
+        )
+
+
 def check_same_length(prompts: Sequence[str], completions: Sequence[str]) -> None:
     """Raise :class:`ValueError` unless there is exactly one prompt per completion."""
     if len(prompts) != len(completions):
@@ -115,7 +128,8 @@ class SyntheticTask(Task):
       same order, and ``rows(n=10)`` is a prefix of ``rows(n=100)``;
     * completions depend on (task, kind, split, seed);
     * label noise has its own stream and one draw per row, so changing ``label_noise`` only
-      swaps labels of otherwise identical rows.
+      swaps labels of otherwise identical rows (and changing ``rating_noise`` only rescales the
+      noise of otherwise identical rated rows).
     """
 
     #: unpaired rows: label is True iff gold >= this
@@ -167,7 +181,8 @@ class SyntheticTask(Task):
         return cache[split]
 
     def rows(
-        self, kind: str, split: str, n: int, seed: int = 0, label_noise: float = 0.0, k: int = 4
+        self, kind: str, split: str, n: int, seed: int = 0, label_noise: float = 0.0, k: int = 4,
+        rating_noise: float = 0.0,
     ) -> list[dict]:
         """Return ``n`` rows of ``kind`` for ``split``; see :class:`Task` and the class docstring.
 
@@ -176,9 +191,12 @@ class SyntheticTask(Task):
         by gold reward (0 = best; equal gold, equal rank; never all tied); with probability
         ``label_noise`` the ranks of one random pair adjacent in rank order are swapped.
         ``unpaired``: about half good (gold >= :attr:`good_threshold`, label True) and half bad
-        (label False), each label flipped with probability ``label_noise``.
+        (label False), each label flipped with probability ``label_noise``. ``rated``: one
+        candidate of random quality (as in pairs) with ``rating`` = its gold reward plus Gaussian
+        noise of standard deviation ``rating_noise`` (not clipped to [0, 1]).
         """
         check_rows_args(self.name, kind, split, n, seed, label_noise)
+        check_rating_noise(self.name, rating_noise)
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise TaskArgumentError(f"task '{self.name}': k (completions per ranked row) must be an integer >= 2, got {k!r}")
         prompts = self._draw_prompts(split, n, seed)
@@ -202,6 +220,12 @@ class SyntheticTask(Task):
                 if flip < label_noise:
                     ranks = _swap_adjacent_ranks(ranks, which)
                 out.append({"prompt": prompt, "completions": completions, "ranks": ranks})
+            elif kind == "rated":
+                completion = self.candidate(prompt, gen)
+                # one standard-normal draw per row whatever rating_noise is: the noise stream stays
+                # aligned and rating_noise only scales it
+                rating = self.score(prompt, completion) + rating_noise * noise.gauss(0.0, 1.0)
+                out.append({"prompt": prompt, "completion": completion, "rating": rating})
             else:
                 completion, label = self._unpaired(prompt, gen)
                 if noise.random() < label_noise:

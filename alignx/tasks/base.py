@@ -11,7 +11,8 @@ from typing import Sequence
 #:   pairs:    prompt (str), chosen (str), rejected (str)
 #:   ranked:   prompt (str), completions (list[str], K >= 2), ranks (list of numbers, lower = better)
 #:   unpaired: prompt (str), completion (str), label (bool: True = desirable)
-ROW_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired")
+#:   rated:    prompt (str), completion (str), rating (float: higher = better)
+ROW_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired", "rated")
 SPLITS = ("train", "val", "test")
 
 
@@ -28,7 +29,9 @@ class Task(ABC):
         Deterministic in (kind, split, n, seed, label_noise). Prompts of different splits are disjoint.
         ``label_noise`` is the probability that a preference pair's chosen/rejected are swapped
         (only meaningful for ``pairs``; unpaired labels may be flipped likewise). A task that
-        generates ``ranked`` rows takes the number of completions per row as a keyword ``k``.
+        generates ``ranked`` rows takes the number of completions per row as a keyword ``k``; one
+        that generates ``rated`` rows takes the standard deviation of the Gaussian noise added to
+        the gold reward as a keyword ``rating_noise``.
         """
 
     @abstractmethod
