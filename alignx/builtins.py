@@ -21,6 +21,8 @@ OBJECTIVES = {
     "rm": "alignx.objectives.rm:RewardModel",
     "pro": "alignx.objectives.listwise:PRO",
     "rrhf": "alignx.objectives.listwise:RRHF",
+    "rwr": "alignx.objectives.rated:RWR",
+    "steerlm": "alignx.objectives.rated:SteerLM",
     "ppo": "alignx.objectives.ppo:PPO",
     "grpo": "alignx.objectives.grpo:GRPO",
     "rloo": "alignx.objectives.grpo:RLOO",
