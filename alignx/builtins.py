@@ -30,6 +30,8 @@ OBJECTIVES = {
     "gspo": "alignx.objectives.grpo:GSPO",
     "reinforce_pp": "alignx.objectives.grpo:ReinforcePP",
     "online_dpo": "alignx.objectives.online_dpo:OnlineDPO",
+    "distill": "alignx.objectives.distill:Distill",
+    "gkd": "alignx.objectives.distill:GKD",
 }
 #: the DPO family: objective=dpo objective.loss=<name> looks these up
 PREFERENCE_LOSSES = {
