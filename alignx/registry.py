@@ -54,6 +54,8 @@ KINDS: dict[str, str] = {
     "format": "row format: (raw row: dict, dataset cfg) -> dict in a canonical schema (applied before validation)",
     "preference_loss": "DPO-family loss for objective.loss: an alignx.losses.PreferenceLoss (one function plus "
     "needs_reference, length_normalised, needs_nll)",
+    "benchmark": "closed-set benchmark for eval.benchmarks: () -> alignx.evaluation.benchmarks.Benchmark (items, "
+    "scored by multiple choice log-likelihood or exact-match generation)",
 }
 
 T = TypeVar("T")

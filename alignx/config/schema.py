@@ -123,6 +123,11 @@ class EvalSchema:
     num_logged_samples: int = spec(ge=0)
     reward_model: Optional[str] = spec()
     best_of_n: int = spec(ge=1)
+    judge: Optional[str] = spec()
+    judge_template: str = spec()
+    judge_labels: list[str] = spec(length=2)
+    benchmarks: list[str] = spec()
+    benchmark_limit: Optional[int] = spec(ge=1)
 
 
 @dataclass

@@ -201,6 +201,7 @@ def evaluate_policy(
     prompt_is_templated: bool = False,
     reference: Callable[[], ContextManager[torch.nn.Module]] | None = None,
     reward_models: Mapping[str, RewardFn] | None = None,
+    judge: Callable[[Sequence[str]], Mapping[str, float]] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
@@ -212,7 +213,9 @@ def evaluate_policy(
     reference policy's sample for the same prompt by the gold reward (``eval/win_rate_<rm>`` by
     each reward model); ``cfg.best_of_n`` > 1 adds ``eval/gold_reward_best_of_<n>``; each of ``reward_models`` (name -> reward function, e.g. a
     :class:`~alignx.rewards.model.RewardModelScorer`) adds ``eval/<name>_reward_greedy|sampled``,
-    the learned (proxy) reward next to the gold one. ``samples`` is a table (list of row dicts)
+    the learned (proxy) reward next to the gold one. ``judge``, called with the sampled completions
+    (one per prompt, in order), returns metrics to add (the suite's pairwise judge,
+    :meth:`alignx.evaluation.judge.PairwiseJudge.compare`). ``samples`` is a table (list of row dicts)
     of prompts, completions and their gold reward, for logging as an artifact.
     """
     metrics: dict[str, float] = {}
@@ -245,6 +248,8 @@ def evaluate_policy(
             metrics["eval/kl_to_reference"] = _sequence_kl(policy_lp, ref_lp)
             if reward_fn:
                 metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(prompts, ref_sampled)))
+        if judge is not None:
+            metrics.update(judge(sampled))
         for name, fn in (reward_models or {}).items():
             metrics.update(_reward_model_metrics(name, fn, prompts, greedy, sampled, ref_sampled, prompt_is_templated))
         n = int(cfg["best_of_n"])

@@ -19,6 +19,8 @@ from omegaconf import DictConfig
 from alignx.data.rows import encode_split
 from alignx.data.tokenize import prompt_is_templated, prompt_text
 from alignx.errors import PluginError
+from alignx.evaluation.benchmarks import benchmark_metrics
+from alignx.evaluation.judge import judge_from_config
 from alignx.evaluation.metrics import evaluate_policy, pair_accuracy, reference_rows
 from alignx.models.adapters import is_peft
 from alignx.objectives.base import Objective, ReferenceObjective
@@ -72,7 +74,9 @@ def evaluate(
         prompt_is_templated=any(prompt_is_templated(r, chat) for r in test_rows),
         reference=reference,
         reward_models=eval_reward_models(cfg),
+        judge=policy_judge(cfg, model, prompts, test_rows, bs),
     )
+    metrics.update(benchmark_metrics(cfg.eval, registry, model, tokenizer, chat_template=chat, batch_size=bs))
     return metrics, [{**row, "prompt": original[row["prompt"]]} for row in samples]
 
 
@@ -98,6 +102,18 @@ def _on_original(reward_fn: Callable[..., Any], original: dict[str, str]) -> Cal
         return reward_fn([original[p] for p in prompts], completions, **kwargs)
 
     return score
+
+
+def policy_judge(
+    cfg: DictConfig, model: torch.nn.Module, prompts: Sequence[str], rows: Sequence[dict], batch_size: int,
+) -> Callable[[Sequence[str]], dict[str, float]] | None:
+    """``eval.judge``'s comparison of the policy's samples for ``prompts`` with the rows' reference
+    completions (the baseline every held-out set has), or None without a judge."""
+    judge = judge_from_config(cfg.eval, device=next(model.parameters()).device, batch_size=batch_size)
+    if judge is None:
+        return None
+    baselines = [r["completion"] if "completion" in r else r["messages"][-1]["content"] for r in rows][: len(prompts)]
+    return lambda sampled: judge.compare(prompts, sampled, baselines)
 
 
 def _evaluate_scorer(cfg: DictConfig, model: Any, tokenizer: Any, objective_cls: type[Objective], rows: list[dict]) -> dict:
