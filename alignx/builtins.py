@@ -21,6 +21,7 @@ OBJECTIVES = {
     "rm": "alignx.objectives.rm:RewardModel",
     "pro": "alignx.objectives.listwise:PRO",
     "rrhf": "alignx.objectives.listwise:RRHF",
+    "coh": "alignx.objectives.coh:CoH",
     "rwr": "alignx.objectives.rated:RWR",
     "steerlm": "alignx.objectives.rated:SteerLM",
     "ppo": "alignx.objectives.ppo:PPO",
@@ -46,14 +47,11 @@ ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.
 REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty",
            "ensemble": "alignx.rewards.ensemble:ensemble_reward"}
 
-#: closed-set benchmarks for eval.benchmarks (held-out arithmetic problems: multiple choice, exact match)
-BENCHMARKS = {name: f"alignx.evaluation.benchmarks:{name}" for name in ("arithmetic_choice", "arithmetic_exact")}
-
 
 def register(registry: Registry) -> None:
     """Register the built-in objectives, tasks, dataset sources, models, adapters, rewards and preference losses."""
     for kind, table in (("objective", OBJECTIVES), ("preference_loss", PREFERENCE_LOSSES), ("model", MODELS),
-                        ("adapter", ADAPTERS), ("reward", REWARDS), ("benchmark", BENCHMARKS)):
+                        ("adapter", ADAPTERS), ("reward", REWARDS)):
         for name, path in table.items():
             registry.register(kind, name, path)
     for name, task in BUILTIN_TASKS.items():

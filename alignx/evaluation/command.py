@@ -14,8 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignx.config import compose, validate
 from alignx.data.rows import load_rows
-from alignx.evaluation.benchmarks import check_benchmark_names
-from alignx.evaluation.judge import check_judge
+from alignx.errors import ConfigError
 from alignx.evaluation.suite import evaluate
 from alignx.models.heads import is_reward_model
 from alignx.models.loading import build_hf
@@ -33,8 +32,10 @@ def evaluate_model(
     ...). A reward model (a sequence classifier) is evaluated as objective ``rm`` would be (its
     ranking accuracy on held-out pairs); a policy as objective ``sft`` would be (gold reward,
     perplexity, learned-RM scores, best-of-N and, with ``reference`` — a model directory or URI,
-    e.g. the SFT model it started from — KL from it and win rate against it). Returns (metrics,
-    samples, MLflow run id); the run is tagged ``alignx.eval=true``.
+    e.g. the SFT model it started from — KL from it and win rate against it), prompted as the
+    objective that trained it prompts it (:meth:`~alignx.objectives.Objective.generation_prompt`,
+    with that job's ``objective`` node: :func:`saved_objective`). Returns (metrics, samples, MLflow
+    run id); the run is tagged ``alignx.eval=true``.
     """
     cfg = compose(["model=hf", *overrides])
     outputs_root = resolve_outputs_root(cfg)
@@ -43,12 +44,16 @@ def evaluate_model(
     cfg.model.name_or_path = resolve_model_reference(model_ref, uri, downloads / "model")
     validate(cfg)
     registry = load_plugins()
-    # before loading anything: an unknown benchmark or a judge that is not a model directory
-    check_benchmark_names(cfg.eval, registry)
-    check_judge(cfg.eval)
     model, tokenizer = _load_any(cfg.model)
     objective_cls = registry.get("objective", "rm" if is_reward_model(model) else "sft")
     kind = objective_cls.test_kind(cfg)
+    trained_by = None if is_reward_model(model) else saved_objective(model_ref, str(cfg.model.name_or_path), uri, downloads)
+    if trained_by is not None and ("objective", str(trained_by.name)) in registry:
+        policy_cls = registry.get("objective", str(trained_by.name))
+        if policy_cls.generates_text:
+            # the policy is prompted as its own job's evaluation prompted it (Objective.generation_prompt)
+            cfg.objective = trained_by
+            objective_cls = policy_cls
     rows = load_rows(OmegaConf.merge(cfg, {"eval": {"enabled": True}}), registry, kind, kind)["test"]
     ref_factory = None
     if reference:
@@ -72,6 +77,27 @@ def evaluate_model(
         tracker.finish("FINISHED")
         run_id = tracker.run_id
     return metrics, samples, run_id
+
+
+def saved_objective(model_ref: str, local_dir: str, uri: str, downloads: Path) -> Any:
+    """The ``objective`` node of the job that saved the model, or None when it cannot be found.
+
+    A job writes its resolved config to ``<output_dir>/config.yaml`` and saves the model to
+    ``<output_dir>/model`` (or ``merged``), so a local model directory's parent holds it; a
+    ``runs:/<run_id>/...`` model's run holds it as the ``config/resolved.yaml`` artifact.
+    """
+    if model_ref.startswith("runs:/"):
+        run_id = model_ref[len("runs:/"):].split("/", 1)[0]
+        try:
+            path = Path(resolve_model_reference(f"runs:/{run_id}/config/resolved.yaml", uri, downloads / "config"))
+        except ConfigError:  # a run without the artifact (logged by something other than an alignx job)
+            return None
+    else:
+        path = Path(local_dir).expanduser().parent / "config.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.load(path).get("objective")
+    return node if OmegaConf.is_dict(node) and node.get("name") else None
 
 
 def _load_any(model_cfg: Any) -> tuple[Any, Any]:
