@@ -47,11 +47,14 @@ ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.
 REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty",
            "ensemble": "alignx.rewards.ensemble:ensemble_reward"}
 
+#: closed-set benchmarks for eval.benchmarks (held-out arithmetic problems: multiple choice, exact match)
+BENCHMARKS = {name: f"alignx.evaluation.benchmarks:{name}" for name in ("arithmetic_choice", "arithmetic_exact")}
+
 
 def register(registry: Registry) -> None:
     """Register the built-in objectives, tasks, dataset sources, models, adapters, rewards and preference losses."""
     for kind, table in (("objective", OBJECTIVES), ("preference_loss", PREFERENCE_LOSSES), ("model", MODELS),
-                        ("adapter", ADAPTERS), ("reward", REWARDS)):
+                        ("adapter", ADAPTERS), ("reward", REWARDS), ("benchmark", BENCHMARKS)):
         for name, path in table.items():
             registry.register(kind, name, path)
     for name, task in BUILTIN_TASKS.items():

@@ -15,6 +15,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from alignx.config import compose, validate
 from alignx.data.rows import load_rows
 from alignx.errors import ConfigError
+from alignx.evaluation.benchmarks import check_benchmark_names
+from alignx.evaluation.judge import check_judge
 from alignx.evaluation.suite import evaluate
 from alignx.models.heads import is_reward_model
 from alignx.models.loading import build_hf
@@ -44,6 +46,9 @@ def evaluate_model(
     cfg.model.name_or_path = resolve_model_reference(model_ref, uri, downloads / "model")
     validate(cfg)
     registry = load_plugins()
+    # before loading anything: an unknown benchmark or a judge that is not a model directory
+    check_benchmark_names(cfg.eval, registry)
+    check_judge(cfg.eval)
     model, tokenizer = _load_any(cfg.model)
     objective_cls = registry.get("objective", "rm" if is_reward_model(model) else "sft")
     kind = objective_cls.test_kind(cfg)
