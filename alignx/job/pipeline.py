@@ -11,12 +11,14 @@ A pipeline is the ``pipeline`` config node (set by an ``experiment=`` preset)::
           overrides: [objective=dpo, model=hf, model.name_or_path=stage:sft, optim.lr=1e-4]
       cache: true      # reuse a finished stage with the same resolved config and inputs
       force: false     # retrain every stage (and refresh the cache)
+      pgr: null        # {metric, weak, student, ceiling}: report weak-to-strong PGR (see alignx.evaluation.weak_to_strong)
       beta: 0.1        # any other key is a variable stages read as ${pipeline.beta}
 
 
 Each stage is an ordinary ``train`` job composed from the job's own overrides plus the stage's,
 run as a nested MLflow run under the job's run. ``stage:<name>`` in a stage override is the
-saved model of an earlier stage; a path or an MLflow ``runs:/<run_id>/<artifact>`` URI starts a
+saved model of an earlier stage (a data stage's rows file; ``stage:<name>/<file>`` another file
+in a data stage's directory); a path or an MLflow ``runs:/<run_id>/<artifact>`` URI starts a
 stage from another run's output.
 
 The cache lives in ``<outputs_root>/cache/stages/<key>.json``; the key hashes the stage's
@@ -45,8 +47,14 @@ from alignx.config import PRIMARY_CONFIG, validate
 from alignx.config import compose as alignx_compose
 from alignx.datagen import generate_dataset
 from alignx.errors import ConfigError
+from alignx.evaluation.weak_to_strong import (
+    NoPerformanceGap,
+    check_pgr_spec,
+    pgr_of_stages,
+)
 from alignx.job.result import Job
 from alignx.job.single import train
+from alignx.labelling import label_dataset
 from alignx.paths import resolve_paths
 from alignx.store import Store, check_writable
 from alignx.tracking import Tracker, finishing
@@ -59,9 +67,10 @@ STAGE_REF = "stage:"
 NOT_IN_KEY = ("output_dir", "outputs_root", "tracking", "hydra", "pipeline", "resume")
 NOT_IN_KEY_TRAINER = ("enable_progress_bar", "log_every_n_steps")
 CACHE_VERSION = 1
-#: a stage trains a model (``train``) or makes data from one (see alignx.datagen)
-STAGE_KINDS = ("train", "rlaif", "raft")
-DATA_OPTIONS = ("num_samples", "num_prompts", "min_margin", "min_score")
+#: a stage trains a model (``train``), makes data from one (see alignx.datagen) or labels the
+#: dataset's pairs with a reward (``label``, see alignx.labelling)
+STAGE_KINDS = ("train", "rlaif", "raft", "label")
+DATA_OPTIONS = ("num_samples", "num_prompts", "min_margin", "min_score", "skip_rows")
 STAGE_KEYS = {"name", "overrides", "kind", *DATA_OPTIONS}
 
 
@@ -193,6 +202,7 @@ def run_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> Job:
     t0 = time.time()
     validate(cfg)
     specs = stage_specs(cfg)
+    pgr = check_pgr_spec(OmegaConf.to_container(cfg.pipeline, resolve=True).get("pgr"), [s["name"] for s in specs])
     output_dir, outputs_root = resolve_paths(cfg)
     check_writable(outputs_root, "outputs_root")
     check_writable(output_dir, "output_dir")
@@ -223,6 +233,8 @@ def run_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> Job:
         job.metrics.update(last.metrics)  # the pipeline's result is its last stage's (optimized_metric etc.)
         job.model_dir = last.model_dir
         job.metrics["pipeline/cache_hits"] = float(sum(r.cache_hit for r in results.values()))
+        if pgr is not None:
+            _report_pgr(pgr, results, job, tracker)
         job.metrics["time/total_s"] = time.time() - t0
         tracker.log_metrics({"pipeline/cache_hits": job.metrics["pipeline/cache_hits"],
                              "time/total_s": job.metrics["time/total_s"]}, step=0)
@@ -246,7 +258,9 @@ def _run_stage(
                 raise ConfigError(f"stage '{stage}' needs stage '{ref}''s saved model, but '{ref}' saved none (save.model=false?)")
             # a model directory or a data stage's rows file; an earlier stage counts by its key
             rest = value[len(STAGE_REF) + len(ref):].lstrip("/")
-            resolved.append(f"{key}={earlier.model_dir / rest if rest else earlier.model_dir}")
+            # a data stage's result is its rows file: stage:<name>/<file> is a file beside it
+            root = earlier.model_dir.parent if rest and earlier.model_dir.is_file() else earlier.model_dir
+            resolved.append(f"{key}={root / rest if rest else root}")
             inputs[key] = f"stage:{earlier.key}{'/' + rest if rest else ''}"
         else:
             resolved.append(o)
@@ -298,18 +312,37 @@ def _train_stage(cfg: DictConfig, spec: dict, key: str, tracker: Any, tags: dict
 
 def _data_stage(cfg: DictConfig, spec: dict, key: str, tracker: Any, tags: dict,
                 cache: StageCache | None) -> StageResult:
-    """A stage that samples from a model and writes rows (RLAIF pairs, RAFT demonstrations)."""
+    """A stage that writes rows: samples from a model (RLAIF pairs, RAFT demonstrations) or labels pairs."""
     stage = spec["name"]
     out_dir = Path(str(cfg.output_dir))
     run = start_tracking(cfg, Path(str(cfg.outputs_root)), [f"stage={stage}"], run_name=f"stage {stage} ({spec['kind']})",
                          extra_tags=tags, parent_run_id=tracker.run_id)
     with finishing(run):
-        path, metrics = generate_dataset(cfg, spec["kind"], spec["options"], out_dir / "data.jsonl")
+        if spec["kind"] == "label":
+            path, metrics = label_dataset(cfg, spec["options"], out_dir)
+        else:
+            path, metrics = generate_dataset(cfg, spec["kind"], spec["options"], out_dir / "data.jsonl")
         run.log_metrics(metrics, step=0)
-        run.log_artifact(path, "data")
+        for file in sorted(out_dir.glob("*.jsonl")) if spec["kind"] == "label" else [path]:
+            run.log_artifact(file, "data")
     result = StageResult(stage, key, path, out_dir, metrics, run.run_id)
     _record(cache, key, result, run.uri)
     return result
+
+
+def _report_pgr(spec: dict[str, str], results: Mapping[str, StageResult], job: Job, tracker: Tracker) -> None:
+    """Log weak-to-strong PGR as ``eval/pgr`` on the pipeline's run; an undefined one is a warning, not a failure
+    (every stage has trained by now, and their results stand)."""
+    try:
+        value, line = pgr_of_stages(spec, {name: r.metrics for name, r in results.items()})
+    except (NoPerformanceGap, ConfigError) as e:
+        log.warning("%s", e)
+        tracker.set_tags({"alignx.pgr": f"undefined: {e}"})
+        return
+    log.info("%s", line)
+    job.metrics["eval/pgr"] = value
+    tracker.log_metrics({"eval/pgr": value}, step=0)
+    tracker.set_tags({"alignx.pgr": line})
 
 
 def _record(cache: StageCache | None, key: str, result: StageResult, uri: str | None) -> None:

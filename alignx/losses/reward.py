@@ -85,6 +85,31 @@ def ranking_pairs(ranks: list[list[float]]) -> tuple[list[int], list[int], list[
     return better, worse, group
 
 
+def auxiliary_confidence_loss(logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-comparison loss with the auxiliary confidence term of weak-to-strong training (Burns et al. 2023).
+
+    ``logits`` [P] are ``r_b - r_w (- m)`` for comparisons whose label (possibly a weak
+    supervisor's) says ``b`` beats ``w``. The target is the label mixed with the student's own
+    hardened prediction ``h = 1[logit > 0]`` (detached, no gradient through it)::
+
+        y = (1 - alpha) * 1 + alpha * h
+        loss = -(y * log σ(logit) + (1 - y) * log σ(-logit))
+
+    Where the student agrees with the label (``h = 1``) this is plain Bradley–Terry; where it
+    disagrees it is pulled towards ``1 - alpha`` only, so with ``alpha > 0.5`` a confident student
+    may keep overruling a label it believes wrong. ``alpha = 0`` is exactly ``-log σ(logit)``.
+    Burns et al. harden at an adaptive threshold to match the weak labels' class balance; a
+    comparison has no class balance (swapping its sides flips the label), so 0 is the threshold.
+    Raises ValueError unless ``0 <= alpha <= 1``. Returns [P].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return -F.logsigmoid(logits)
+    target = 1.0 - alpha * (logits.detach() <= 0).to(logits.dtype)
+    return -(target * F.logsigmoid(logits) + (1.0 - target) * F.logsigmoid(-logits))
+
+
 def grouped_ranking_loss(
     rewards: torch.Tensor,
     better: torch.Tensor,
@@ -93,6 +118,7 @@ def grouped_ranking_loss(
     *,
     margin: torch.Tensor | None = None,
     center_coef: float = 0.0,
+    aux_confidence: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bradley–Terry over a batch of ranked groups, each group one batch element.
 
@@ -101,14 +127,15 @@ def grouped_ranking_loss(
     (Llama 2). Per pair ``-log σ(r_b - r_w - m)``; averaged within each group (InstructGPT: the
     C(K, 2) pairs of one prompt are one element, not C(K, 2) elements) and then over groups; plus
     ``c · mean_pairs((r_b + r_w)²)``. With one pair per group this is
-    :func:`bradley_terry_loss`; with one group, :func:`kwise_ranking_loss`. Metrics as in
-    :func:`bradley_terry_loss`, over all pairs and all responses.
+    :func:`bradley_terry_loss`; with one group, :func:`kwise_ranking_loss`. ``aux_confidence``
+    (alpha) replaces the per-pair term by :func:`auxiliary_confidence_loss` (0 = plain
+    Bradley–Terry). Metrics as in :func:`bradley_terry_loss`, over all pairs and all responses.
     """
     if better.numel() == 0:
         raise ValueError("no comparison in the batch: every group's ranks are tied")
     diff = rewards[better] - rewards[worse]
     logits = diff if margin is None else diff - margin.to(diff.dtype)
-    per_pair = -F.logsigmoid(logits)
+    per_pair = auxiliary_confidence_loss(logits, aux_confidence)
     n_groups = int(group.max()) + 1
     sums = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add(0, group, per_pair)
     counts = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add(

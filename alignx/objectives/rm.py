@@ -10,6 +10,7 @@ import torch
 
 from alignx.data.batching import collate_ranked
 from alignx.data.tokenize import encode_ranked
+from alignx.errors import ConfigError
 from alignx.losses.reward import grouped_ranking_loss
 from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head, token_values
@@ -25,6 +26,10 @@ class RewardModel(Objective):
     prompt form one batch element, one forward per response). ``objective.center_coef`` adds
     ``c·mean((r_w + r_l)²)``. ``objective.normalize`` shifts rewards after training so the
     training completions score mean 0 (and std 1 with ``normalize_std``).
+    ``objective.aux_confidence`` (alpha, 0 = off) mixes each label with the model's own hardened
+    preference, for training on a weak supervisor's labels (Burns et al. 2023, see
+    :func:`~alignx.losses.reward.auxiliary_confidence_loss`); alpha ramps up linearly from 0 over
+    the first ``aux_confidence_warmup`` fraction of the training steps.
     """
 
     name: ClassVar[str] = "rm"
@@ -38,12 +43,21 @@ class RewardModel(Objective):
     eval_kind: ClassVar[str] = "pairs"
     #: read strictly; conf/objective/rm.yaml holds each one's default
     config_keys: ClassVar[frozenset[str]] = frozenset(
-        {"data_kind", "center_coef", "normalize", "normalize_std", "normalize_samples"}
+        {"data_kind", "center_coef", "normalize", "normalize_std", "normalize_samples", "aux_confidence",
+         "aux_confidence_warmup"}
     )
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(model, tokenizer, cfg, **kwargs)
         self.center_coef = float(cfg["center_coef"])
+        self.aux_confidence = float(cfg["aux_confidence"])
+        self.aux_confidence_warmup = float(cfg["aux_confidence_warmup"])
+        if not 0.0 <= self.aux_confidence <= 1.0:
+            raise ConfigError(f"objective.aux_confidence must be in [0, 1] (the weight of the model's own "
+                              f"hardened prediction), got {self.aux_confidence}")
+        if not 0.0 <= self.aux_confidence_warmup <= 1.0:
+            raise ConfigError(f"objective.aux_confidence_warmup must be a fraction of the training steps in [0, 1], "
+                              f"got {self.aux_confidence_warmup}")
         #: reported once training ends (the normalisation applied)
         self.final_metrics: dict[str, float] = {}
 
@@ -74,11 +88,23 @@ class RewardModel(Objective):
             values = token_values(self.model, **rows.forward_kwargs)
         return values[0, rows.last_index].float()
 
+    def aux_alpha(self) -> float:
+        """The auxiliary confidence weight at the current step: ``aux_confidence`` after the warmup."""
+        if self.aux_confidence == 0.0 or self.aux_confidence_warmup == 0.0 or self._trainer is None:
+            return self.aux_confidence
+        ramp = self.global_step / (self.aux_confidence_warmup * self.total_steps)
+        return self.aux_confidence * min(1.0, ramp)
+
     def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return grouped_ranking_loss(
+        # validation scores the labels as given: the auxiliary term shapes training only
+        alpha = self.aux_alpha() if self.training else 0.0
+        loss, metrics = grouped_ranking_loss(
             self.rewards(batch), batch["better"], batch["worse"], batch["group"],
-            margin=batch.get("margin"), center_coef=self.center_coef,
+            margin=batch.get("margin"), center_coef=self.center_coef, aux_confidence=alpha,
         )
+        if self.aux_confidence:
+            metrics["aux_confidence"] = torch.tensor(alpha)
+        return loss, metrics
 
     @torch.no_grad()
     def on_train_end(self) -> None:
