@@ -63,4 +63,6 @@ def register(registry: Registry) -> None:
         registry.register("reward", name, task().gold_reward)
     for name, loader in SOURCES.items():
         registry.register("dataset", name, loader)
+    # several of the sources above mixed by rate (dataset=mixture)
+    registry.register("dataset", "mixture", "alignx.data.mixture:load_mixture")
     register_formats(registry)

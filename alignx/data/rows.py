@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from alignx.data.cache import ENCODING_KEYS, cache_key, cached_encode, encoder_code
 from alignx.data.formats import collect_invalid_rows
+from alignx.data.mixture import source_counts
 from alignx.data.sources import SplitRows
 from alignx.data.tokenize import EncodeStats, encode_rows
 from alignx.errors import ConfigError, DataError
@@ -194,7 +195,9 @@ def encode_split(
         return encode_rows(rows, lambda r: encode_one(next(positions), r))
 
     if cache_dir is None:
-        return (*encode(), False)
+        items, stats = encode()
+        stats.sources = source_counts(rows)
+        return items, stats, False
     encoder = encoder_code(objective_cls)
     keys = [f"data.{k}" for k in ENCODING_KEYS] + [f"objective.{k}" for k in options]
     covers = f"the rows, the tokenizer, {', '.join(keys)} and {encoder.describe()}"
@@ -202,4 +205,5 @@ def encode_split(
     items, stats, hit = cached_encode(cache_dir, key, encode, label, covers)
     if hit:  # encode_rows warned when it ran; a cache hit must say the same
         stats.warn_identical(label)
+    stats.sources = source_counts(rows)  # from the rows: the same on a cache hit
     return items, stats, hit

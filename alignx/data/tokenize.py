@@ -78,10 +78,12 @@ class EncodeStats:
     ``kept``: whole; ``truncated``: shortened and trained on; ``dropped``: could not fit;
     ``identical_after_truncation``: a comparison row (a preference pair, a ranking) whose
     completions became the same token ids once truncated, dropped because it carries no signal.
-    The four counts add up to the rows encoded.
+    The four counts add up to the rows encoded. ``sources``: rows per source of a dataset
+    mixture (:func:`alignx.data.mixture.source_counts`; empty for other datasets).
     """
 
     counts: Counter = field(default_factory=Counter)
+    sources: dict[str, int] = field(default_factory=dict)
 
     def add(self, status: str) -> None:
         self.counts[status] += 1
@@ -91,8 +93,11 @@ class EncodeStats:
         return sum(self.counts.values())
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        """``{prefix}/<status>`` for every status (0 when no row had it), e.g. ``data/train/kept``."""
-        return {f"{prefix}/{k}": float(self.counts[k]) for k in STATUSES}
+        """``{prefix}/<status>`` for every status (0 when no row had it), e.g. ``data/train/kept``, and
+        ``{prefix}/source.<name>`` for every source of a mixture, e.g. ``data/train/source.math``."""
+        out = {f"{prefix}/{k}": float(self.counts[k]) for k in STATUSES}
+        out.update({f"{prefix}/source.{name}": float(n) for name, n in self.sources.items()})
+        return out
 
     def warn_identical(self, split: str) -> None:
         """Log a warning naming ``split`` and how many comparison rows collapsed (nothing when none did)."""
