@@ -12,7 +12,7 @@ rating goes:
   weight is 1 (plain SFT), and at generation the prompt asks for the top level
   (:meth:`SteerLM.generation_prompt`).
 
-Formulas: ``docs/losses.md`` ("Rating feedback: RWR and SteerLM").
+Formulas: ``docs/losses.md`` ("Rating feedback").
 """
 
 from __future__ import annotations
