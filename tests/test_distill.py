@@ -240,3 +240,36 @@ def test_on_policy_draws_are_seeded_by_step_and_near_the_fraction(teacher_dir):
     draws = [objective.on_policy_draw(s) for s in range(400)]
     assert draws == [objective.on_policy_draw(s) for s in range(400)]
     assert 0.22 < sum(draws) / 400 < 0.38
+
+
+def test_chunked_and_padding_free_divergence_equal_the_plain_one_on_left_padded_samples(teacher_dir):
+    """The objective's three forward paths agree on a batch of student samples (left-padded prompts
+    with position ids, right-padded responses) and on dataset rows, in value and gradient."""
+    from alignx.models.packing import enable_padding_free
+
+    cfg = compose(fast("objective=gkd", f"objective.teacher={teacher_dir}", "objective.max_new_tokens=6"))
+    model, tok = build_llama(cfg.model)
+    objective = Distill(model, tok, cfg.objective, optimizer=torch.optim.SGD)
+    rows = [tok("The film was")["input_ids"] + tok(" great.")["input_ids"][1:] + [tok.eos_token_id],
+            tok("A")["input_ids"] + tok(" bad one.")["input_ids"][1:] + [tok.eos_token_id]]
+    from alignx.data.batching import collate_sft
+
+    prompt_lens = [len(tok("The film was")["input_ids"]), len(tok("A")["input_ids"])]
+    items = [{"input_ids": r, "labels": [IGNORE_INDEX] * p + r[p:]} for r, p in zip(rows, prompt_lens)]
+    batch = collate_sft(items, tok.pad_token_id)
+    sampled = objective.sampled_inputs(objective.model, batch, seed=3)
+    assert (sampled["attention_mask"][:, 0] == 0).any()  # the shorter prompt is left-padded
+    for inputs in (batch, sampled):
+        results = []
+        for chunk, padding_free in ((None, False), (5, False), (None, True)):
+            objective.logprob_chunk_size, objective.padding_free = chunk, padding_free
+            if padding_free:
+                enable_padding_free(objective.model)
+            objective.model.zero_grad()
+            loss, n = objective.divergence(inputs, 0.5, 0.8)
+            loss.backward()
+            results.append((loss.item(), int(n), objective.model.model.embed_tokens.weight.grad.clone()))
+        (plain, n0, g0), *others = results
+        for value, n, grad in others:
+            assert n == n0 and value == pytest.approx(plain, rel=1e-4)
+            assert torch.allclose(grad, g0, atol=1e-6, rtol=1e-3)
