@@ -268,7 +268,7 @@ REQUIRED: dict[str, str] = {
 TOP_LEVEL = {
     "objective", "model", "adapter", "dataset", "optim", "scheduler", "trainer", "tracking", "eval",
     "seed", "output_dir", "outputs_root", "data", "save", "hydra", "optimized_metric", "reward", "checkpoint", "resume", "pipeline",
-    "callbacks",
+    "callbacks", "template",
 }
 #: trainer keys alignx handles itself rather than passing to lightning.Trainer
 TRAINER_EXTRA_KEYS = {"_target_", "compile"}

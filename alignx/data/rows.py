@@ -18,6 +18,7 @@ from alignx.data.cache import ENCODING_KEYS, cache_key, cached_encode, encoder_c
 from alignx.data.formats import collect_invalid_rows
 from alignx.data.mixture import source_counts
 from alignx.data.sources import SplitRows
+from alignx.data.templates import apply_template
 from alignx.data.tokenize import EncodeStats, encode_rows
 from alignx.errors import ConfigError, DataError
 from alignx.registry import Registry
@@ -31,7 +32,8 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
     ``data.invalid_rows`` applies to every loader, plugins' too (a context variable, see
     :func:`alignx.data.formats.collect_invalid_rows`): under ``drop`` each split's invalid rows
     are left out, counted in ``rows[split].invalid_dropped`` and reported in a warning. Each
-    split comes back as a :class:`~alignx.data.sources.SplitRows` (a list that knows its split).
+    split comes back as a :class:`~alignx.data.sources.SplitRows` (a list that knows its split),
+    its prompts rendered by the ``template`` config node (:mod:`alignx.data.templates`).
     """
     loader = registry.get("dataset", str(cfg.dataset.source))
     seed = int(cfg.seed)
@@ -49,6 +51,8 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
                 loaded, locations=loaded.locations if isinstance(loaded, SplitRows) else None,
                 split=split, invalid_dropped=invalid.count(split),
             )
+    # before tokenisation, so the tokenised-data cache key (it covers the rows) covers the template
+    rows = apply_template(rows, cfg.template if "template" in cfg else None, seed)
     for split in rows:
         if invalid.count(split):
             log.warning("data %s: %s (data.invalid_rows=drop)", split, invalid.summary(split))
