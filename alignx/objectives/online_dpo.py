@@ -57,7 +57,9 @@ class OnlineDPO(DPO):
 
     name: ClassVar[str] = "online_dpo"
     data_kind: ClassVar[str] = "prompt"
-    config_keys: ClassVar[frozenset[str]] = DPO.config_keys | frozenset({
+    # DPO's keys (spelled out: the command line reads this from source) and the sampling rounds'
+    config_keys: ClassVar[frozenset[str]] = frozenset({
+        "loss", "beta", "label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logps",
         "iterations", "iteration", "num_samples", "num_prompts", "reference", "reference_path",
         "max_new_tokens", "temperature", "top_k", "top_p",
     })
