@@ -16,6 +16,7 @@ from alignx.config import compose
 from alignx.data.formats import collect_invalid_rows, validate_rows
 from alignx.data.rows import load_rows
 from alignx.errors import ConfigError, DataError
+from alignx.evaluation.suite import generation_prompts
 from alignx.losses.rating import rwr_weights, weighted_nll
 from alignx.losses.sft import sft_loss
 from alignx.models.loading import build_llama
@@ -211,6 +212,10 @@ def test_steerlm_appends_the_rating_attribute_to_the_prompt_and_masks_it():
     # generation asks for the top level, with the configured attribute
     cfg = compose(["objective=steerlm", "objective.levels=3", "objective.attribute=' <q{level}>'"])
     assert SteerLM.generation_prompt("Review: The plot was", cfg) == "Review: The plot was <q2>"
+    # the evaluation suite generates from it (the gold reward still reads the prompt itself)
+    asked, original = generation_prompts(SteerLM, ["A", "B"], compose(["objective=steerlm"]))
+    assert asked == ["A [quality: 4]", "B [quality: 4]"] and original == {"A [quality: 4]": "A", "B [quality: 4]": "B"}
+    assert generation_prompts(RWR, ["A"], compose(["objective=rwr"]))[0] == ["A"]
 
 
 def test_steerlm_truncation_keeps_the_attribute_next_to_the_completion():
