@@ -19,6 +19,7 @@ from typing import (
 
 from omegaconf import MISSING
 
+from alignx.data.curriculum import CURRICULA
 from alignx.data.formats import INVALID_ROW_POLICIES
 
 
@@ -97,6 +98,7 @@ class DataSchema:
     batch_size: int = spec(ge=1)
     eval_batch_size: int = spec(ge=1)
     length_bucketing: bool = spec()
+    curriculum: str = spec(choices=CURRICULA)
     num_workers: int = spec(ge=0)
     cache: bool = spec()
 

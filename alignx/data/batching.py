@@ -118,6 +118,9 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Resumable: :meth:`resume_at` makes the next iteration of that epoch skip the batches a
     checkpointed run already trained on.
+
+    ``ordered`` (a curriculum, :mod:`alignx.data.curriculum`): batches are consecutive rows in
+    the given order, every epoch, with neither shuffling nor length bucketing.
     """
 
     def __init__(
@@ -131,8 +134,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool_batches: int = 50,
         rank: int = 0,
         world_size: int = 1,
+        ordered: bool = False,
     ) -> None:
         self.lengths = list(lengths)
+        self.ordered = ordered
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.bucketing = bucketing
@@ -155,6 +160,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         """This epoch's batches before sharding (what a single process with the global batch size sees)."""
         rng = random.Random(self.seed * 100_003 + self.epoch)
         idx = list(range(len(self.lengths)))
+        if self.ordered:  # a curriculum: the rows' own order is the point
+            return [b for b in (idx[i : i + self.global_batch] for i in range(0, len(idx), self.global_batch))
+                    if len(b) >= self.world_size]
         if self.shuffle:
             rng.shuffle(idx)
         if self.bucketing:

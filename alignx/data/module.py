@@ -51,7 +51,8 @@ class AlignDataModule(L.LightningDataModule):
     """Serves already-encoded items; tokenisation happens once, before training starts.
 
     With ``bucketing`` every item must carry ``input_ids`` (see :func:`item_lengths`); ``owner``
-    names who encoded the items in that error.
+    names who encoded the items in that error. ``curriculum``: the training items are already in
+    curriculum order (``data.curriculum``), so training batches keep it (no shuffling, no bucketing).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class AlignDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         owner: str = "the encoder",
+        curriculum: bool = False,
     ) -> None:
         super().__init__()
         self.train_items = list(train_items)
@@ -78,6 +80,7 @@ class AlignDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         #: who encoded the items, named in errors about them (e.g. ``objective 'dpo'``)
         self.owner = owner
+        self.curriculum = curriculum
         if bucketing:  # fail before fitting, not at the first batch
             item_lengths(self.train_items, owner)
             item_lengths(self.val_items, owner)
@@ -95,6 +98,7 @@ class AlignDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            ordered=self.curriculum and shuffle,
         )
         if not shuffle:
             return DataLoader(items, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from omegaconf import OmegaConf
 
 from alignx.data.cache import ENCODING_KEYS, cache_key, cached_encode, encoder_code
+from alignx.data.curriculum import apply_curriculum
 from alignx.data.formats import collect_invalid_rows
 from alignx.data.mixture import source_counts
 from alignx.data.sources import SplitRows
@@ -33,7 +34,8 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
     :func:`alignx.data.formats.collect_invalid_rows`): under ``drop`` each split's invalid rows
     are left out, counted in ``rows[split].invalid_dropped`` and reported in a warning. Each
     split comes back as a :class:`~alignx.data.sources.SplitRows` (a list that knows its split),
-    its prompts rendered by the ``template`` config node (:mod:`alignx.data.templates`).
+    its prompts rendered by the ``template`` config node (:mod:`alignx.data.templates`) and the
+    train split in ``data.curriculum`` order (:mod:`alignx.data.curriculum`).
     """
     loader = registry.get("dataset", str(cfg.dataset.source))
     seed = int(cfg.seed)
@@ -53,6 +55,7 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
             )
     # before tokenisation, so the tokenised-data cache key (it covers the rows) covers the template
     rows = apply_template(rows, cfg.template if "template" in cfg else None, seed)
+    rows["train"] = apply_curriculum(rows["train"], str(cfg.data.curriculum), cfg.dataset, registry, seed)
     for split in rows:
         if invalid.count(split):
             log.warning("data %s: %s (data.invalid_rows=drop)", split, invalid.summary(split))
