@@ -21,6 +21,7 @@ from omegaconf import MISSING
 
 from alignx.data.curriculum import CURRICULA
 from alignx.data.formats import INVALID_ROW_POLICIES
+from alignx.data.quality import FILTERS
 
 
 def spec(
@@ -99,6 +100,8 @@ class DataSchema:
     eval_batch_size: int = spec(ge=1)
     length_bucketing: bool = spec()
     curriculum: str = spec(choices=CURRICULA)
+    filter: str = spec(choices=FILTERS)
+    keep_fraction: float = spec(gt=0, le=1)
     num_workers: int = spec(ge=0)
     cache: bool = spec()
 

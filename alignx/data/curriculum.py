@@ -92,7 +92,7 @@ def curriculum_order(scores: Sequence[float], seed: int) -> list[int]:
     return sorted(order, key=lambda i: scores[i])
 
 
-def _gold_rewards(rows: Sequence[Mapping[str, Any]], dataset_cfg: Mapping[str, Any], registry: Registry) -> list[GoldReward]:
+def gold_rewards(rows: Sequence[Mapping[str, Any]], dataset_cfg: Mapping[str, Any], registry: Registry) -> list[GoldReward]:
     """The gold reward of each row: ``dataset.task``'s, or in a mixture the task of the row's source."""
     sources = dataset_cfg.get("sources") or {}
     cache: dict[str, GoldReward] = {}
@@ -127,7 +127,7 @@ def apply_curriculum(rows: Sequence[dict], curriculum: str, dataset_cfg: Mapping
     if curriculum == "length":
         scores = [length_difficulty(r) for r in rows]
     else:
-        golds = _gold_rewards(rows, dataset_cfg, registry)
+        golds = gold_rewards(rows, dataset_cfg, registry)
         scores = [reward_difficulty(r, g) for r, g in zip(rows, golds)]
     order = curriculum_order(scores, seed)
     ordered = [rows[i] for i in order]

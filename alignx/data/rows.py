@@ -18,6 +18,7 @@ from alignx.data.cache import ENCODING_KEYS, cache_key, cached_encode, encoder_c
 from alignx.data.curriculum import apply_curriculum
 from alignx.data.formats import collect_invalid_rows
 from alignx.data.mixture import source_counts
+from alignx.data.quality import filter_rows, inject_low_quality
 from alignx.data.sources import SplitRows
 from alignx.data.templates import apply_template
 from alignx.data.tokenize import EncodeStats, encode_rows
@@ -34,8 +35,9 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
     :func:`alignx.data.formats.collect_invalid_rows`): under ``drop`` each split's invalid rows
     are left out, counted in ``rows[split].invalid_dropped`` and reported in a warning. Each
     split comes back as a :class:`~alignx.data.sources.SplitRows` (a list that knows its split),
-    its prompts rendered by the ``template`` config node (:mod:`alignx.data.templates`) and the
-    train split in ``data.curriculum`` order (:mod:`alignx.data.curriculum`).
+    its prompts rendered by the ``template`` config node (:mod:`alignx.data.templates`); the train
+    split, after ``dataset.low_quality_fraction``'s injected rows, is reduced by ``data.filter``
+    (:mod:`alignx.data.quality`) and put in ``data.curriculum`` order (:mod:`alignx.data.curriculum`).
     """
     loader = registry.get("dataset", str(cfg.dataset.source))
     seed = int(cfg.seed)
@@ -53,8 +55,12 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
                 loaded, locations=loaded.locations if isinstance(loaded, SplitRows) else None,
                 split=split, invalid_dropped=invalid.count(split),
             )
+    low_quality = cfg.dataset.get("low_quality_fraction")
+    if low_quality:  # known junk for a quality filter to find (builtin tasks)
+        rows["train"] = inject_low_quality(rows["train"], float(low_quality), cfg.dataset.get("task"), registry, seed)
     # before tokenisation, so the tokenised-data cache key (it covers the rows) covers the template
     rows = apply_template(rows, cfg.template if "template" in cfg else None, seed)
+    rows["train"] = filter_rows(rows["train"], str(cfg.data.filter), float(cfg.data.keep_fraction), cfg, registry, seed)
     rows["train"] = apply_curriculum(rows["train"], str(cfg.data.curriculum), cfg.dataset, registry, seed)
     for split in rows:
         if invalid.count(split):
