@@ -115,8 +115,13 @@ class RatedObjective(Objective):
             "ppl": torch.exp(nll),
             "ratings/mean": ratings.mean(),
             "ratings/weighted": (weights * ratings).sum() / weights.sum(),
+            **self.weight_metrics(weights),
         }
         return loss, metrics
+
+    def weight_metrics(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra metrics about the batch's row weights [B] (default: none)."""
+        return {}
 
     def loss_weight(self, batch: Mapping[str, torch.Tensor], metrics: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The loss is a mean over the batch's completion tokens (as SFT's)."""
@@ -147,12 +152,9 @@ class RWR(RatedObjective):
     def row_weights(self, ratings: torch.Tensor) -> torch.Tensor:
         return rwr_weights(ratings, self.beta)
 
-    def step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, metrics = super().step(batch)
-        w = self.row_weights(batch["ratings"])
-        metrics["weights/max"] = w.max()
-        metrics["weights/ess"] = w.sum() ** 2 / (w.numel() * (w**2).sum())
-        return loss, metrics
+    def weight_metrics(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        w = weights
+        return {"weights/max": w.max(), "weights/ess": w.sum() ** 2 / (w.numel() * (w**2).sum())}
 
 
 #: the keys SteerLM's encode reads (defaults in conf/objective/steerlm.yaml)
