@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 
 from alignx.config import compose
-from alignx.data.formats import collect_invalid_rows, validate_rows
+from alignx.data.formats import validate_rows
 from alignx.data.rows import load_rows
 from alignx.errors import ConfigError, DataError
 from alignx.evaluation.suite import generation_prompts
