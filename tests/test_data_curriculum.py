@@ -6,7 +6,12 @@ import pytest
 
 from alignx.config import compose, validate
 from alignx.data.batching import BucketBatchSampler, collate_sft
-from alignx.data.curriculum import apply_curriculum, curriculum_order, length_difficulty, reward_difficulty
+from alignx.data.curriculum import (
+    apply_curriculum,
+    curriculum_order,
+    length_difficulty,
+    reward_difficulty,
+)
 from alignx.data.module import AlignDataModule
 from alignx.data.rows import load_rows
 from alignx.errors import ConfigError

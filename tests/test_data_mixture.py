@@ -11,7 +11,13 @@ from conftest import FAST, write_jsonl
 from mlflow import MlflowClient
 
 from alignx.config import compose, validate
-from alignx.data.mixture import draw, load_mixture, mixing_rates, mixture_counts, source_counts
+from alignx.data.mixture import (
+    draw,
+    load_mixture,
+    mixing_rates,
+    mixture_counts,
+    source_counts,
+)
 from alignx.errors import ConfigError
 from alignx.train import train
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from alignx.config import compose, validate
-from alignx.data.quality import filter_rows, inject_low_quality, keep_top, quality_scores
+from alignx.data.quality import (
+    filter_rows,
+    inject_low_quality,
+    keep_top,
+    quality_scores,
+)
 from alignx.data.rows import load_rows
 from alignx.errors import ConfigError
 from alignx.registry import load_plugins
@@ -60,7 +65,7 @@ def test_the_job_filters_the_injected_train_split_only():
     validate(cfg)
     clean = load_rows(cfg, registry, "sft", "sft")
     assert len(dirty["train"]) == 100 and len(clean["train"]) == 20
-    mean = lambda rows: sum(lexicon_sentiment(r["completion"]) for r in rows) / len(rows)  # noqa: E731
+    mean = lambda rows: sum(lexicon_sentiment(r["completion"]) for r in rows) / len(rows)
     assert mean(clean["train"]) > mean(dirty["train"]) + 0.3
     assert min(lexicon_sentiment(r["completion"]) for r in clean["train"]) >= 0.5
     assert clean["val"] == dirty["val"] and clean["test"] == dirty["test"]
