@@ -101,3 +101,20 @@ def test_judge_errors_name_the_key(tmp_path, judge_dir):
     with pytest.raises(ConfigError, match="eval.judge_labels must be two different labels"):
         PairwiseJudge.load(str(judge_dir), cfg.eval.judge_template, ["A", "A"])
     check_judge(OmegaConf.merge(cfg.eval, {"judge": str(judge_dir)}))  # a saved model passes
+
+
+def test_a_judge_text_longer_than_the_model_keeps_its_end(judge_dir):
+    """Past the judge's position limit, the label is scored after the text's last tokens."""
+    from alignx.evaluation.benchmarks import continuation_logps
+
+    cfg = compose(fast())
+    judge = PairwiseJudge.load(str(judge_dir), cfg.eval.judge_template, list(cfg.eval.judge_labels))
+    tok, text = judge.tokenizer, "a long question " * 4 + "The better answer is"
+    ids = tok(text)["input_ids"] + tok(" B", add_special_tokens=False)["input_ids"]
+    kept = ids[-8:]
+    with torch.no_grad():
+        logp = torch.log_softmax(judge.model(input_ids=torch.tensor([kept])).logits[0].double(), -1)
+    n_label = len(tok(" B", add_special_tokens=False)["input_ids"])
+    expected = sum(float(logp[i - 1, kept[i]]) for i in range(8 - n_label, 8))
+    sums, counts = continuation_logps(judge.model, tok, [text], [" B"], max_positions=8)
+    assert sums.tolist() == pytest.approx([expected], abs=1e-4) and counts.tolist() == [n_label]

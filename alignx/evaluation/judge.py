@@ -76,9 +76,9 @@ class PairwiseJudge:
             raise ConfigError(f"eval.judge_labels must be two different labels (first answer, second answer), got {list(labels)}")
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
         self.template, self.labels, self.batch_size = template, tuple(str(x) for x in labels), batch_size
-        config = getattr(model, "config", None)
-        #: longer judge texts keep their end (the answers and the question the labels follow)
-        self.max_positions = getattr(config, "max_position_embeddings", None)
+        #: longer judge texts keep their end (the answers and the question the labels follow); not
+        #: every transformers config declares a position limit (e.g. rotary-only models), hence the lookup
+        self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
 
     @classmethod
     def load(cls, path: str, template: str, labels: Sequence[str], *, device: torch.device | str = "cpu",
