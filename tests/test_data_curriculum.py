@@ -125,3 +125,31 @@ def test_unknown_curriculum_lists_the_valid_ones():
         validate(compose(["data.curriculum=loss"]))
     with pytest.raises(ConfigError, match=r"data\.curriculum=loss is not a curriculum; valid: none, length, reward"):
         apply_curriculum([], "loss", SENTIMENT, load_plugins(), 0)
+
+
+@pytest.mark.parametrize("curriculum", ["none", "length"])
+def test_a_jobs_objective_builds_its_data_module_in_curriculum_order(curriculum):
+    """The wiring: an objective's data module (what the trainer iterates) keeps the curriculum
+    order exactly when ``data.curriculum`` is set; without it, batches are shuffled as usual."""
+    from alignx.objectives.sft import SFT
+
+    cfg = compose([f"data.curriculum={curriculum}", "data.batch_size=2", "data.length_bucketing=false"])
+    items = [{"input_ids": [i] * (10 - i), "labels": [i] * (10 - i)} for i in range(8)]
+
+    class Tok:
+        pad_token_id = 0
+
+    dm = SFT.datamodule(items, items, Tok(), cfg)
+    firsts = [batch["input_ids"][:, 0].tolist() for batch in dm.train_dataloader()]
+    in_order = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert (firsts == in_order) == (curriculum != "none")
+
+
+def test_online_rl_refuses_a_curriculum_it_would_ignore():
+    from alignx.objectives.grpo import GRPO
+
+    cfg = compose(["objective=grpo", "data.curriculum=length", "trainer.max_steps=2"])
+    with pytest.raises(ConfigError, match=r"data\.curriculum=length orders the training rows of offline objectives; "
+                                          r"objective=grpo takes its prompts in a seeded random order"):
+        GRPO.check_config(cfg)
+    GRPO.check_config(compose(["objective=grpo", "trainer.max_steps=2"]))

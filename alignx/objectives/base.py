@@ -215,7 +215,8 @@ class Objective(L.LightningModule):
 
     @classmethod
     def datamodule(cls, train_items: list[dict], val_items: list[dict], tokenizer: Any, cfg: Any) -> L.LightningDataModule:
-        """The data module the trainer iterates (default: length-bucketed batches of encoded items)."""
+        """The data module the trainer iterates (default: length-bucketed batches of encoded items;
+        with ``data.curriculum`` the train items' own easy-to-hard order, unshuffled)."""
         return AlignDataModule(
             train_items,
             val_items,
@@ -226,6 +227,7 @@ class Objective(L.LightningModule):
             seed=int(cfg.seed),
             num_workers=int(cfg.data.num_workers),
             owner=f"objective '{cls.name}'",
+            curriculum=str(cfg.data.curriculum) != "none",
         )
 
     @classmethod

@@ -216,6 +216,12 @@ class OnlineObjective(ReferenceObjective):
                 f"objective={cfg.objective.name} trains for trainer.max_steps iterations (rollout batches); "
                 f"set trainer.max_steps to a positive number (got {cfg.trainer.get('max_steps')})"
             )
+        if str(cfg.data.curriculum) != "none":
+            # rollouts draw their prompts at random each iteration: an order of the rows would be ignored
+            raise ConfigError(
+                f"data.curriculum={cfg.data.curriculum} orders the training rows of offline objectives; "
+                f"objective={cfg.objective.name} takes its prompts in a seeded random order each epoch: set data.curriculum=none"
+            )
         if int(cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
             raise ConfigError(
                 f"trainer.accumulate_grad_batches is not used by objective={cfg.objective.name}; its minibatches "
