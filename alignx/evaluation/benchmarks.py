@@ -34,8 +34,8 @@ from alignx.generation import generate
 from alignx.losses.preference import sequence_logps
 from alignx.ops.logprobs import IGNORE_INDEX
 from alignx.registry import Registry
-from alignx.tasks.arithmetic import ArithmeticTask, parse_problem
 from alignx.tasks._common import derive_rng
+from alignx.tasks.arithmetic import ArithmeticTask, parse_problem
 
 #: scoring modes of a :class:`Benchmark`
 MODES = ("choice", "exact")
@@ -219,7 +219,16 @@ def arithmetic_exact() -> Benchmark:
 
 
 __all__ = [
-    "Benchmark", "BenchmarkItem", "MODES", "arithmetic_choice", "arithmetic_exact", "benchmark_metrics",
-    "check_benchmark_names", "choice_correct", "continuation_logps", "exact_match", "normalize_answer",
+    "MODES",
+    "Benchmark",
+    "BenchmarkItem",
+    "arithmetic_choice",
+    "arithmetic_exact",
+    "benchmark_metrics",
+    "check_benchmark_names",
+    "choice_correct",
+    "continuation_logps",
+    "exact_match",
+    "normalize_answer",
     "score_benchmark",
 ]

@@ -82,7 +82,7 @@ class PairwiseJudge:
 
     @classmethod
     def load(cls, path: str, template: str, labels: Sequence[str], *, device: torch.device | str = "cpu",
-             batch_size: int = 32) -> "PairwiseJudge":
+             batch_size: int = 32) -> PairwiseJudge:
         """The judge saved at ``path`` (a causal LM directory, as alignx or ``save_pretrained`` writes)."""
         local = judge_dir(path)
         try:
