@@ -150,3 +150,26 @@ def test_job_rows_are_templated_and_the_cache_key_sees_it(tmp_path):
             assert tok.decode(items[0]["input_ids"], skip_special_tokens=True).startswith("Answer the following.\nWhat is ")
         assert all(r["prompt"].startswith("What is") for r in rows["test"])  # evaluation asks the bare question
     assert len(set(keys.values())) == 3
+
+
+def test_online_rl_rewards_read_the_task_prompt_under_a_template(tmp_path):
+    """GRPO on arithmetic with templated prompts: the policy completes the templated prompt, and the
+    gold reward (which parses "What is A+B?") reads the row's own prompt, so the job trains."""
+    from alignx.objectives.online import OnlineObjective
+    from alignx.train import train
+
+    from tests.conftest import fast
+
+    tok = build_byte_tokenizer()
+    data = {"chat_template": False, "truncation": "truncate_prompt", "max_length": 128}
+    item, _ = OnlineObjective.encode({"prompt": "Answer the following.\nWhat is 2+3?", "task_prompt": "What is 2+3?"},
+                                     tok, data, {})
+    assert item["prompt"] == "Answer the following.\nWhat is 2+3?" and item["reward_prompt"] == "What is 2+3?"
+    bare, _ = OnlineObjective.encode({"prompt": "What is 2+3?"}, tok, data, {})
+    assert bare["reward_prompt"] == "What is 2+3?"
+
+    job = train(compose(fast("objective=grpo", "dataset=arithmetic", "template=zero_shot", "trainer.max_steps=2",
+                             "data.batch_size=2", "objective.group_size=2", "objective.max_new_tokens=4",
+                             "eval.enabled=false", "tracking=none", f"output_dir={tmp_path / 'job'}",
+                             f"outputs_root={tmp_path}")))
+    assert "train/reward" in job.metrics or any(k.endswith("reward") for k in job.metrics)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Mapping
 import lightning as L
 import torch
 
+from alignx.data.templates import ORIGINAL_PROMPT
 from alignx.data.tokenize import (
     encode_prompt,
     fit_to_length,
@@ -142,6 +143,8 @@ class OnlineObjective(ReferenceObjective):
     #: every key is read strictly: the objective's YAML (conf/objective/<name>.yaml) holds each
     #: one with its default, so a default lives in exactly one place
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS
+    # 2: encoded prompts carry ``reward_prompt`` (the task's prompt under a template)
+    encode_version: ClassVar[str] = "2"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         self.check_values(cfg)
@@ -236,7 +239,8 @@ class OnlineObjective(ReferenceObjective):
     def encode(
         cls, row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any]
     ) -> tuple[dict | None, str]:
-        """A prompt row -> its token ids (fit to ``data.max_length``, keeping the end) and text."""
+        """A prompt row -> its token ids (fit to ``data.max_length``, keeping the end), its text and
+        the prompt its rewards read (``reward_prompt``: the task's prompt before a template rewrote it)."""
         chat = bool(data_cfg["chat_template"])
         text = prompt_text(row, tokenizer, chat)
         ids = encode_prompt(text, tokenizer, templated=prompt_is_templated(row, chat))
@@ -245,7 +249,10 @@ class OnlineObjective(ReferenceObjective):
         fitted = fit_to_length(ids, [], int(data_cfg["max_length"]), "truncate_prompt" if policy == "truncate_completion" else policy, keep)
         if fitted is None:
             return None, "dropped"
-        return {"input_ids": fitted[0], "prompt": text}, fitted[2]
+        # a prompt template (conf/template/) rewrote the prompt; rewards such as a task's gold reward
+        # read the task's own prompt, which the row keeps
+        reward_prompt = str(row[ORIGINAL_PROMPT]) if row.get(ORIGINAL_PROMPT) is not None else text
+        return {"input_ids": fitted[0], "prompt": text, "reward_prompt": reward_prompt}, fitted[2]
 
     def attach(self, job: JobContext) -> None:
         cfg = job.cfg
@@ -372,6 +379,7 @@ class OnlineObjective(ReferenceObjective):
         g = self.group_size
         ids_list = [it["input_ids"] for it in items for _ in range(g)]
         prompts = [it["prompt"] for it in items for _ in range(g)]
+        reward_prompts = [it["reward_prompt"] for it in items for _ in range(g)]
         rollouts = []
         for j, idx in enumerate(self._chunks(len(ids_list), self.generation_batch_size)):
             ids, mask = left_pad([ids_list[int(i)] for i in idx], tok.pad_token_id)
@@ -391,7 +399,7 @@ class OnlineObjective(ReferenceObjective):
                 raise
         rollout = _concat(rollouts, tok.pad_token_id)
         completions = decode_responses(tok, rollout)
-        scores, parts = self.reward.score(prompts, completions, has_eos=rollout.has_eos.cpu())
+        scores, parts = self.reward.score(reward_prompts, completions, has_eos=rollout.has_eos.cpu())
         return rollout, prompts, completions, self.shape_scores(scores, rollout), parts
 
     def _refill(self, step: int, first: Sampled) -> Sampled:

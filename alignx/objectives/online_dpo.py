@@ -208,7 +208,7 @@ class OnlineDPO(DPO):
         finally:
             self.model.train(was_training)
         has_eos = torch.cat([r.has_eos.cpu() for r in rollouts])
-        scores, _ = self.reward.score(texts, completions, has_eos=has_eos)
+        scores, _ = self.reward.score([it["reward_prompt"] for it in items for _ in range(k)], completions, has_eos=has_eos)
         flat = scores.tolist()
         built: SampledPairs = best_worst_pairs(
             [it["pair_prompt"] for it in items],
