@@ -19,6 +19,7 @@ from alignx.tasks import (
     ArithmeticTask,
     FormatTask,
     SentimentTask,
+    StepsTask,
     Task,
     split_of,
 )
@@ -60,7 +61,7 @@ def _gold(task: Task, rows: list[dict], column: str) -> list[float]:
 
 # -- registry ----------------------------------------------------------------------------------
 def test_builtin_registry():
-    assert BUILTIN_TASKS == {"sentiment": SentimentTask, "arithmetic": ArithmeticTask, "format": FormatTask}
+    assert BUILTIN_TASKS == {"sentiment": SentimentTask, "arithmetic": ArithmeticTask, "format": FormatTask, "steps": StepsTask}
     for name, cls in BUILTIN_TASKS.items():
         assert issubclass(cls, Task) and cls.name == name
 

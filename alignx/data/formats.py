@@ -77,8 +77,9 @@ ROLES = ("system", "user", "assistant")
 #: every canonical column name a row kind may use (the keys ``dataset.columns`` may map)
 CANONICAL_COLUMNS = (
     "prompt", "completion", "chosen", "rejected", "margin", "completions", "ranks", "label", "messages", "rating",
+    "steps", "step_labels",
 )
-_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired", "rated")
+_KINDS = ("sft", "prompt", "pairs", "ranked", "unpaired", "rated", "steps")
 #: values of ``data.invalid_rows``
 INVALID_ROW_POLICIES = ("error", "drop")
 
@@ -340,7 +341,33 @@ def _rated(r: _Row) -> dict:
     return {"prompt": prompt, "completion": completion, "rating": float(rating)}
 
 
-_SCHEMAS = {"sft": _sft, "prompt": _prompt, "pairs": _pairs, "ranked": _ranked, "unpaired": _unpaired, "rated": _rated}
+
+def _steps(r: _Row) -> dict:
+    """A step-labelled row (process supervision): ``steps`` (non-empty strings, in order) and
+    ``step_labels`` (one 0/1 per step, 1 = the step is correct)."""
+    prompt = r.string("prompt", non_empty=False)
+    steps = r.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise r.error("steps", f"expected a non-empty list of step texts, got {_describe(steps)}", "steps: not a non-empty list")
+    texts = [r.check_string(s, "steps", non_empty=True, label=f"step {i}: ") for i, s in enumerate(steps, 1)]
+    labels = r.get("step_labels")
+    if not isinstance(labels, list):
+        raise r.error("step_labels", f"expected a list of 0/1 labels (one per step, 1 = correct), got {_describe(labels)}",
+                      "step_labels: not a list")
+    if len(labels) != len(texts):
+        raise r.error("step_labels", f"{len(labels)} labels for {len(texts)} steps; give one 0/1 label per step",
+                      "step_labels: length mismatch")
+    for i, label in enumerate(labels, 1):
+        # a bool or 0.5 is ambiguous data: labels are the integers 0 and 1
+        if isinstance(label, bool) or label not in (0, 1):
+            raise r.error("step_labels", f"label {i} must be 0 or 1 (1 = the step is correct), got {_describe(label)}",
+                          "step_labels: not 0/1")
+    return {"prompt": prompt, "steps": texts, "step_labels": [int(x) for x in labels]}
+
+
+_SCHEMAS = {
+    "sft": _sft, "prompt": _prompt, "pairs": _pairs, "ranked": _ranked, "unpaired": _unpaired, "rated": _rated, "steps": _steps,
+}
 
 
 def check_kind(kind: str) -> None:

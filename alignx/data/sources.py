@@ -467,6 +467,11 @@ def load_builtin(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
             raise ConfigError(f"dataset.rating_noise (the std of the noise on rated rows' gold reward) is required for rated rows "
                               f"of builtin task '{name}'")
         extra["rating_noise"] = float(cfg["rating_noise"])
+    if kind == "steps":  # step-labelled rows (objective=prm): the share of corrupted solutions
+        if cfg.get("corruption_rate") is None:
+            raise ConfigError(f"dataset.corruption_rate (the share of corrupted solutions in steps rows) is required for steps "
+                              f"rows of builtin task '{name}'")
+        extra["corruption_rate"] = float(cfg["corruption_rate"])
     rows = task.rows(kind, split, int(n), seed=seed, label_noise=label_noise, **extra)
     source = f"builtin task '{name}' ({split} split)"
     items = _validated(((source, i, row) for i, row in enumerate(rows, 1)), kind, {}, None)

@@ -10,12 +10,14 @@ from alignx.tasks.arithmetic import ArithmeticTask
 from alignx.tasks.base import ROW_KINDS, SPLITS, Task
 from alignx.tasks.format import FormatTask
 from alignx.tasks.sentiment import SentimentTask
+from alignx.tasks.steps import StepsTask
 
 #: task name -> class, for the ``task`` registry and ``dataset/<name>.yaml``
 BUILTIN_TASKS: dict[str, type[Task]] = {
     SentimentTask.name: SentimentTask,
     ArithmeticTask.name: ArithmeticTask,
     FormatTask.name: FormatTask,
+    StepsTask.name: StepsTask,
 }
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "ArithmeticTask",
     "FormatTask",
     "SentimentTask",
+    "StepsTask",
     "SyntheticTask",
     "Task",
     "TaskArgumentError",
