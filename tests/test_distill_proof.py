@@ -1,0 +1,74 @@
+"""Proof in miniature that distillation transfers a teacher: a small student trained from scratch by
+token-level KD (objective=distill: forward KL to the teacher on the dataset's completions) from the
+quickstart SFT model ends closer to that teacher than the same student trained by SFT on the same
+rows for the same number of steps."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from alignx.config import compose
+from alignx.data.batching import collate_sft
+from alignx.data.tokenize import encode_sft_row
+from alignx.losses.distill import distill_loss
+from alignx.models.loading import build_hf
+from alignx.tasks import BUILTIN_TASKS
+from alignx.train import train
+
+#: the student: a 2-layer, 96-wide Llama (about a tenth of model=tiny's parameters) from random weights,
+#: 150 steps of 32 rows of builtin sentiment at lr 3e-3, by SFT or by KD
+STUDENT = ["dataset=sentiment", "model=tiny", "model.hidden_size=96", "model.intermediate_size=256",
+           "model.num_hidden_layers=2", "model.num_attention_heads=2", "model.num_key_value_heads=2",
+           "trainer.max_steps=150", "optim.lr=3e-3", "eval.num_prompts=64", "tracking=none",
+           "trainer.enable_progress_bar=false"]
+
+
+@torch.no_grad()
+def kl_to_teacher(student_dir, teacher_dir, n: int = 64) -> float:
+    """Forward KL(teacher || student) per completion token, in nats, on ``n`` held-out sentiment
+    demonstrations (the test split): both models read the same prompt and completion, and their
+    next-token distributions are compared at every completion position (temperature 1)."""
+    student, tok = build_hf({"name_or_path": str(student_dir)})
+    teacher, _ = build_hf({"name_or_path": str(teacher_dir)})
+    rows = BUILTIN_TASKS["sentiment"]().rows("sft", "test", n, seed=0)
+    items = [encode_sft_row(r, tok, max_length=128, truncation="truncate_prompt", completion_only=True,
+                            chat_template=False)[0] for r in rows]
+    batch = collate_sft(items, tok.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    loss, _ = distill_loss(student.eval()(**inputs).logits, teacher.eval()(**inputs).logits, batch["labels"], beta=0.0)
+    return float(loss)
+
+
+@pytest.mark.slow
+def test_distilled_student_is_closer_to_the_teacher_than_sft_on_the_same_data(sentiment_sft, tmp_path):
+    """KD against SFT of the same student, same rows, same steps; the teacher is the quickstart SFT model.
+
+    Measured (``seed=<s>`` on the teacher fixture and both student jobs; CPU, one thread), seeds
+    0/1/2: forward KL to the teacher per held-out completion token KD 0.633 / 0.816 / 0.715 against
+    SFT 0.850 / 0.895 / 0.836 (KD lower by 0.217 / 0.079 / 0.121; 0.04 required: margin +0.039, at
+    seed 1). What does **not** hold at this budget, so it is not asserted: the Monte-Carlo
+    KL(student || teacher) on the students' own samples of 64 held-out prompts, KD 13.5 / 23.3 / 18.6
+    against SFT 18.5 / 22.6 / 22.3 nats (lower at seeds 0 and 2, not at 1), and the gold reward:
+    greedy KD 0.304 / 0.344 / 0.341 against SFT 0.417 / 0.225 / 0.133, sampled 0.045 / 0.032 / 0.041
+    against 0.047 / 0.012 / 0.032. Neither student is fluent after 150 steps (the teacher's sampled
+    gold is about 0.41), so gold mostly measures noise here; on-policy GKD from the random student
+    was worse still (seed 0: sampled gold 0.003, MC KL 27.4), as the GKD paper's advice to start
+    on-policy distillation from a student that can already produce text suggests. Cost: 38 s of CPU
+    time for both student jobs and the KL measurement (one thread), on top of the shared fixture.
+    """
+    teacher = sentiment_sft.model_dir
+    cpu = time.process_time()
+    sft = train(compose([*STUDENT, "objective=sft", f"output_dir={tmp_path / 'sft'}", f"outputs_root={tmp_path}"]))
+    kd = train(compose([*STUDENT, "objective=distill", f"objective.teacher={teacher}", f"output_dir={tmp_path / 'kd'}",
+                        f"outputs_root={tmp_path}"]))
+    kl_sft, kl_kd = kl_to_teacher(sft.model_dir, teacher), kl_to_teacher(kd.model_dir, teacher)
+    print(f"forward KL to teacher per token: KD {kl_kd:.3f} SFT {kl_sft:.3f}; gold greedy KD "
+          f"{kd.metrics['eval/gold_reward_greedy']:.3f} SFT {sft.metrics['eval/gold_reward_greedy']:.3f}; sampled KD "
+          f"{kd.metrics['eval/gold_reward_sampled']:.3f} SFT {sft.metrics['eval/gold_reward_sampled']:.3f}; "
+          f"val/kl_to_teacher {kd.metrics['val/kl_to_teacher']:.3f}; CPU {time.process_time() - cpu:.0f} s")
+    assert kl_kd < kl_sft - 0.04
+    # the objective's own held-out measure (validation split) agrees with the test-split measure
+    assert abs(kd.metrics["val/kl_to_teacher"] - kl_kd) < 0.1
