@@ -144,6 +144,20 @@ def test_a_job_reports_its_benchmarks(tmp_path):
         assert job.metrics[f"eval/benchmark/{name}/accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("eval.benchmarks=[arithmetic_choise]", "unknown benchmark 'arithmetic_choise'"),
+    ("eval.judge={tmp}/no_judge", "no_judge' does not exist"),
+])
+def test_a_training_job_refuses_a_bad_benchmark_or_judge_before_training(tmp_path, override, message):
+    """Found before any training, not by the end-of-job evaluation: nothing is written."""
+    from alignx.errors import AlignxError
+
+    out = tmp_path / "job"
+    with pytest.raises(AlignxError, match=re.escape(message)):
+        train(compose(fast(override.format(tmp=tmp_path), f"output_dir={out}", f"outputs_root={tmp_path / 'root'}")))
+    assert not out.exists() and not (tmp_path / "root" / "mlflow.db").exists()
+
+
 def test_alignx_eval_bad_benchmark_or_judge_is_one_clear_error(saved, tmp_path, capsys):
     from alignx.cli import main
 

@@ -268,10 +268,12 @@ def validate(cfg: DictConfig, extra_top_level: Iterable[str] = (), *, imports: b
 
 
 def check_registry_names(cfg: DictConfig, registry: Registry) -> None:
-    """The objective, model, adapter and dataset source a config names are registered (nothing imported)."""
+    """The objective, model, adapter, dataset source and benchmarks a config names are registered (nothing imported)."""
     names = {"objective": ("objective", "name"), "model": ("model", "kind"), "adapter": ("adapter", "name"),
              "dataset": ("dataset", "source")}
     for kind, (group, key) in names.items():
         node = cfg.get(group)
         if isinstance(node, DictConfig) and node.get(key) is not None:
             registry.check(kind, str(node[key]))
+    for name in cfg.eval.get("benchmarks") or ():
+        registry.check("benchmark", str(name))

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from alignx.config import validate
 from alignx.data.rows import encode_split, load_auxiliary_rows, load_rows
 from alignx.errors import DataError, JobInterrupted
+from alignx.evaluation.judge import check_judge
 from alignx.evaluation.suite import StartingModel, evaluate
 from alignx.job.build import build_objective, build_policy, build_trainer, is_rank_zero
 from alignx.job.outputs import data_metrics, record_config, save_outputs
@@ -115,6 +116,7 @@ def plan_job(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     for group in ("model", "adapter"):
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
+    check_judge(cfg.eval)  # before training, not when the end-of-job evaluation loads it
     output_dir, outputs_root = resolve_paths(cfg)
     plan = Plan(cfg, registry, objective_cls, output_dir, outputs_root,
                 list(overrides) if overrides is not None else hydra_overrides())
