@@ -19,6 +19,7 @@ OBJECTIVES = {
     "dpo": "alignx.objectives.dpo:DPO",
     "kto": "alignx.objectives.kto:KTO",
     "rm": "alignx.objectives.rm:RewardModel",
+    "prm": "alignx.objectives.prm:ProcessRewardModel",
     "pro": "alignx.objectives.listwise:PRO",
     "rrhf": "alignx.objectives.listwise:RRHF",
     "coh": "alignx.objectives.coh:CoH",
