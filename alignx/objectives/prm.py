@@ -33,7 +33,7 @@ from alignx.objectives.dpo import required
 PRM_KEYS = frozenset({"step_separator"})
 
 
-def encode_step_tokens(prompt_ids: Sequence[int], steps: Sequence[str], tokenizer: Any, separator: str) -> tuple[list[int], list[int]]:
+def encode_step_tokens(steps: Sequence[str], tokenizer: Any, separator: str) -> tuple[list[int], list[int]]:
     """(completion ids, index in them of each step's last token) for ``steps`` after a prompt.
 
     Each step is tokenised on its own (the separator before it, from the second step on), so a
@@ -57,7 +57,7 @@ def encode_steps_row(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[s
     past ``max_length`` lose their labels; a row left with no labelled step is dropped."""
     chat = bool(data_cfg["chat_template"])
     p_ids = encode_prompt(prompt_text(row, tokenizer, chat), tokenizer, prompt_is_templated(row, chat))
-    c_ids, ends = encode_step_tokens(p_ids, row["steps"], tokenizer, separator)
+    c_ids, ends = encode_step_tokens(row["steps"], tokenizer, separator)
     keep = 1 if p_ids and p_ids[0] == tokenizer.bos_token_id else 0
     fitted = fit_to_length(p_ids, c_ids, int(data_cfg["max_length"]), str(data_cfg["truncation"]), keep)
     if fitted is None:
@@ -83,7 +83,7 @@ def step_scores(model: torch.nn.Module, tokenizer: Any, prompt: str, steps: Sequ
     be the ``objective.step_separator`` the PRM was trained with. Returns ``σ(s)`` per step, in order.
     """
     p_ids = encode_prompt(prompt, tokenizer, templated=False)
-    c_ids, ends = encode_step_tokens(p_ids, steps, tokenizer, separator)
+    c_ids, ends = encode_step_tokens(steps, tokenizer, separator)
     device = next(model.parameters()).device
     ids = torch.tensor([p_ids + c_ids], device=device)
     values = token_values(model, ids, torch.ones_like(ids))[0].float()
