@@ -19,7 +19,7 @@ git-ignored; a stage whose output exists is reused, ``--fresh`` retrains everyth
    and the numbers written to ``benchmarks/results/overoptimisation-cpu.md`` (+ ``.jsonl``).
 
     python benchmarks/overoptimisation.py                         # seeds 0 1 2, min, 30 steps
-    python benchmarks/overoptimisation.py --aggregate uncertainty --k 1.0 --seeds 0
+    python benchmarks/overoptimisation.py --aggregate mean --seeds 0 --sft <quickstart dir>/model
 """
 
 from __future__ import annotations
@@ -74,11 +74,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="GRPO seeds per setting")
     parser.add_argument("--steps", type=int, default=30, help="GRPO iterations per job")
     parser.add_argument("--every", type=int, default=5, help="eval.every_n_steps")
-    parser.add_argument("--aggregate", default="min", choices=["min", "uncertainty", "mean"])
-    parser.add_argument("--k", type=float, default=1.0, help="reward.k for --aggregate uncertainty")
+    # not uncertainty: the sweep crosses the aggregate with both legs, and one RM has no std to penalise
+    parser.add_argument("--aggregate", default="min", choices=["min", "mean"], help="reward.aggregate of both legs")
     parser.add_argument("--fresh", action="store_true", help="retrain the SFT start and the reward models")
     parser.add_argument("--sft", type=Path, help="an existing experiment=quickstart model dir to start from "
                         "(copied into --work; default: train it)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="do not train: evaluate the start, compare the existing sweep and write the results")
     parser.add_argument("--img", type=Path, default=ROOT / "docs" / "img" / "overoptimisation.png")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "overoptimisation-cpu")
     args = parser.parse_args()
@@ -108,17 +110,40 @@ def main() -> int:
             link.symlink_to(path)
 
     sweep = work / f"grpo_{args.aggregate}"
-    if sweep.exists():
-        shutil.rmtree(sweep)
+    if not args.report_only:
+        if sweep.exists():
+            shutil.rmtree(sweep)
+        run_sweep(args, work, sft, store, sweep)
+    report(args, work, sft, sweep, t_start)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace, work: Path, sft: Path, store: list[str], sweep: Path) -> None:
     t0 = time.time()
     # seed first: Hydra varies the last swept key fastest, so each seed's pair of jobs finishes together
     alignx(["-m", f"seed={','.join(map(str, args.seeds))}", *GRPO, "reward=ensemble", f"reward.aggregate={args.aggregate}",
-            f"reward.k={args.k}", "reward.paths=[rm0],[rm0,rm1,rm2]", "model=hf",
+            "reward.paths=[rm0],[rm0,rm1,rm2]", "model=hf",
             f"model.name_or_path={sft}", f"trainer.max_steps={args.steps}", f"eval.every_n_steps={args.every}",
             "eval.reward_model=rm0", *QUIET, *store, f"hydra.sweep.dir={sweep}"], work)
-    sweep_s = time.time() - t0
-    print(f"GRPO sweep: {sweep_s:.0f}s", flush=True)
+    print(f"GRPO sweep: {time.time() - t0:.0f}s", flush=True)
 
+
+def baseline(work: Path, sft: Path, seeds: list[int]) -> dict:
+    """Step 0: the SFT start's gold and rm0 reward, evaluated with each seed of the sweep, and each
+    reward model's accuracy on clean held-out pairs."""
+    from alignx.evaluation.command import evaluate_model
+
+    common = ["dataset=sentiment", "eval.num_prompts=64", "eval.max_new_tokens=24", "tracking=none",
+              f"outputs_root={work / 'outputs'}"]
+    start = {}
+    for seed in seeds:
+        metrics, _, _ = evaluate_model(str(sft), [*common, f"seed={seed}", f"eval.reward_model={work / 'rm0'}"], track=False)
+        start[seed] = {"gold": round(metrics["eval/gold_reward_sampled"], 4), "proxy_rm0": round(metrics["eval/rm_reward_sampled"], 4)}
+    accuracy = [round(evaluate_model(str(work / f"rm{i}"), common, track=False)[0]["eval/rm_accuracy"], 4) for i in range(3)]
+    return {"start": start, "rm_accuracy": accuracy}
+
+
+def report(args: argparse.Namespace, work: Path, sft: Path, sweep: Path, t_start: float) -> None:
     from alignx.compare import compare
 
     written: dict[str, Path] = {}
@@ -154,24 +179,28 @@ def main() -> int:
             "std_first": round(std[min(std)], 4) if std else None, "std_last": round(std[max(std)], 4) if std else None,
         })
     records.sort(key=lambda r: (r["setting"] != "one RM", r["seed"]))
-    write_results(args, records, sweep_s, time.time() - t_start)
+    base = baseline(work, sft, args.seeds)
+    write_results(args, records, base, time.time() - t_start)
     stitch(written, args.img)
-    return 0
 
 
-def write_results(args: argparse.Namespace, records: list[dict], sweep_s: float, total_s: float) -> None:
+def write_results(args: argparse.Namespace, records: list[dict], base: dict, total_s: float) -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.results}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    Path(f"{args.results}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [base, *records]))
     lines = [
         "# Over-optimisation: GRPO against one learned RM vs a conservative ensemble",
         "",
-        f"`python benchmarks/overoptimisation.py --aggregate {args.aggregate} --k {args.k} --seeds "
+        f"`python benchmarks/overoptimisation.py --aggregate {args.aggregate} --seeds "
         f"{' '.join(map(str, args.seeds))} --steps {args.steps} --every {args.every}` on {platform.machine()} "
-        f"({os.cpu_count()} cores), GRPO sweep {sweep_s:.0f}s, total {total_s:.0f}s.",
+        f"({os.cpu_count()} cores, shared), this invocation {total_s:.0f}s.",
         "Start: quickstart SFT model (model=tiny). Reward models: 3 x objective=rm (hidden 64, 2 layers), seeds 0/1/2, "
         "sentiment pairs with 25% flipped labels, 150 steps. GRPO: " + " ".join(GRPO[1:5]) + f", {args.steps} iterations.",
         "gold = eval/gold_reward_sampled (builtin sentiment gold reward, 64 held-out prompts, one sample each);",
         "proxy = eval/rm_reward_sampled (rm0, the single RM, scoring the same samples).",
+        f"Reward models' accuracy on clean held-out pairs (eval/rm_accuracy): rm0/rm1/rm2 = "
+        f"{' / '.join(f'{a:.3f}' for a in base['rm_accuracy'])}.",
+        "Step 0 (the SFT start, `alignx eval` with the same seeds): " + "; ".join(
+            f"seed {s}: gold {v['gold']:.3f}, rm0 {v['proxy_rm0']:.3f}" for s, v in base["start"].items()) + ".",
         "",
         "| setting | seed | gold at each eval step | gold peak (step) | gold final | drop from peak | rm0 final | "
         "KL final | ensemble std first -> last |",
