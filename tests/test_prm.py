@@ -162,7 +162,8 @@ def test_prm_job_logs_step_metrics_and_saves_a_step_scorer(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(job.model_dir).eval()
     tok = AutoTokenizer.from_pretrained(job.model_dir)
     assert model.config.num_labels == 1
-    scores = step_scores(model, tok, "3+4-1=", ["3+4=7", "7-1=6"], separator=str(cfg.objective.step_separator))
+    sep = str(cfg.objective.step_separator)
+    scores = step_scores(model, tok, "3+4-1=", ["3+4=7", "7-1=6"], separator=sep)
     assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
     # the score of a step does not depend on the steps after it (causal backbone)
-    assert step_scores(model, tok, "3+4-1=", ["3+4=7"])[0] == pytest.approx(scores[0], abs=1e-5)
+    assert step_scores(model, tok, "3+4-1=", ["3+4=7"], separator=sep)[0] == pytest.approx(scores[0], abs=1e-5)

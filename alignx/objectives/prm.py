@@ -75,7 +75,7 @@ def encode_steps_row(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[s
 
 
 @torch.no_grad()
-def step_scores(model: torch.nn.Module, tokenizer: Any, prompt: str, steps: Sequence[str], separator: str = "; ") -> list[float]:
+def step_scores(model: torch.nn.Module, tokenizer: Any, prompt: str, steps: Sequence[str], *, separator: str) -> list[float]:
     """The probability that each of ``steps`` is correct, per a trained PRM (a sequence classifier
     with one label, e.g. ``AutoModelForSequenceClassification.from_pretrained(<prm dir>)``).
 
