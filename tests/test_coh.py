@@ -152,8 +152,8 @@ def test_the_suite_generates_from_the_prompt_and_positive_phrase_and_scores_the_
     metrics, samples = evaluate(cfg, registry, model.eval(), tok, CoH, rows)
     prompts = [prompt_text(r, tok, False) for r in reference_rows(rows)][: int(cfg.eval.num_prompts)]
     phrase = "\nA good answer:"
-    asked, original = generation_prompts(CoH, prompts, cfg)
-    assert asked == [p + phrase for p in prompts] and original == dict(zip(asked, prompts))
+    asked = generation_prompts(CoH, prompts, cfg)
+    assert asked == [p + phrase for p in prompts]
     # the greedy completions are those of the conditioned prompts, decoded as the suite decodes them
     unique = list(dict.fromkeys(asked))
     expected = dict(zip(unique, generate(model, tok, unique, greedy=True, max_new_tokens=int(cfg.eval.max_new_tokens),
@@ -165,7 +165,7 @@ def test_the_suite_generates_from_the_prompt_and_positive_phrase_and_scores_the_
     greedy = [expected[a] for a in asked]
     assert metrics["eval/gold_reward_greedy"] == pytest.approx(sum(task.gold_reward(prompts, greedy)) / len(prompts))
     # any other objective generates from the prompt itself
-    assert generation_prompts(SFT, prompts, cfg)[0] == prompts
+    assert generation_prompts(SFT, prompts, cfg) == prompts
 
 
 def test_a_tracked_job_trains_on_pairs_and_alignx_eval_prompts_its_model_the_same_way(tmp_path):

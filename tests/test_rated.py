@@ -213,9 +213,9 @@ def test_steerlm_appends_the_rating_attribute_to_the_prompt_and_masks_it():
     cfg = compose(["objective=steerlm", "objective.levels=3", "objective.attribute=' <q{level}>'"])
     assert SteerLM.generation_prompt("Review: The plot was", cfg) == "Review: The plot was <q2>"
     # the evaluation suite generates from it (the gold reward still reads the prompt itself)
-    asked, original = generation_prompts(SteerLM, ["A", "B"], compose(["objective=steerlm"]))
-    assert asked == ["A [quality: 4]", "B [quality: 4]"] and original == {"A [quality: 4]": "A", "B [quality: 4]": "B"}
-    assert generation_prompts(RWR, ["A"], compose(["objective=rwr"]))[0] == ["A"]
+    asked = generation_prompts(SteerLM, ["A", "B"], compose(["objective=steerlm"]))
+    assert asked == ["A [quality: 4]", "B [quality: 4]"]
+    assert generation_prompts(RWR, ["A"], compose(["objective=rwr"])) == ["A"]
 
 
 def test_steerlm_truncation_keeps_the_attribute_next_to_the_completion():

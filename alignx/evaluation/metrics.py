@@ -202,6 +202,7 @@ def evaluate_policy(
     reference: Callable[[], ContextManager[torch.nn.Module]] | None = None,
     reward_models: Mapping[str, RewardFn] | None = None,
     judge: Callable[[Sequence[str]], Mapping[str, float]] | None = None,
+    task_prompts: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
@@ -217,9 +218,18 @@ def evaluate_policy(
     (one per prompt, in order), returns metrics to add (the suite's pairwise judge,
     :meth:`alignx.evaluation.judge.PairwiseJudge.compare`). ``samples`` is a table (list of row dicts)
     of prompts, completions and their gold reward, for logging as an artifact.
+
+    ``task_prompts`` (default: ``prompts``) are the held-out prompts themselves when the policy is
+    asked something else (``prompts``: an objective's :meth:`~alignx.objectives.base.Objective.generation_prompt`,
+    e.g. with a feedback phrase appended): rewards, reward models and the samples table read them,
+    and the reference answers them, as it was never taught the policy's conditioning. The KL is
+    still measured on the policy's own samples, in the context the policy saw.
     """
     metrics: dict[str, float] = {}
     samples: list[dict] = []
+    task_prompts = list(prompts if task_prompts is None else task_prompts)
+    if len(task_prompts) != len(prompts):
+        raise ValueError(f"task_prompts has {len(task_prompts)} prompts for {len(prompts)} prompts")
     if prompts:
         gen = dict(max_new_tokens=int(cfg["max_new_tokens"]), seed=seed, prompt_is_templated=prompt_is_templated)
         sampling = dict(temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]))
@@ -228,8 +238,8 @@ def evaluate_policy(
         by_prompt = dict(zip(unique, generate(model, tokenizer, unique, greedy=True, **gen)))
         greedy = [by_prompt[p] for p in prompts]
         sampled, rollouts = sample_rollouts(model, tokenizer, prompts, **sampling, **gen)
-        g_scores = list(reward_fn(prompts, greedy)) if reward_fn else [None] * len(prompts)
-        s_scores = list(reward_fn(prompts, sampled)) if reward_fn else [None] * len(prompts)
+        g_scores = list(reward_fn(task_prompts, greedy)) if reward_fn else [None] * len(prompts)
+        s_scores = list(reward_fn(task_prompts, sampled)) if reward_fn else [None] * len(prompts)
         if reward_fn:
             metrics["eval/gold_reward_greedy"] = _mean(g_scores)
             metrics["eval/gold_reward_sampled"] = _mean(s_scores)
@@ -244,21 +254,22 @@ def evaluate_policy(
             # reference's own samples for the same prompts with the same seed (the win rate's opponent)
             with reference() as ref:
                 ref_lp = rollout_logps(ref, rollouts)
-                ref_sampled = generate(ref, tokenizer, prompts, **sampling, **gen)
+                ref_sampled = generate(ref, tokenizer, task_prompts, **sampling, **gen)
             metrics["eval/kl_to_reference"] = _sequence_kl(policy_lp, ref_lp)
             if reward_fn:
-                metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(prompts, ref_sampled)))
+                metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(task_prompts, ref_sampled)))
         if judge is not None:
             metrics.update(judge(sampled))
         for name, fn in (reward_models or {}).items():
-            metrics.update(_reward_model_metrics(name, fn, prompts, greedy, sampled, ref_sampled, prompt_is_templated))
+            metrics.update(_reward_model_metrics(name, fn, task_prompts, greedy, sampled, ref_sampled, prompt_is_templated))
         n = int(cfg["best_of_n"])
         if n > 1 and reward_fn:
             # inference-time alignment: sample n per prompt, keep the best by the gold reward
             many = [p for p in prompts for _ in range(n)]
             samples_n = generate(model, tokenizer, many, **sampling, **{**gen, "seed": seed + 1})
-            metrics[f"eval/gold_reward_best_of_{n}"] = _mean(best_of_n(list(reward_fn(many, samples_n)), n))
-        rows = zip(prompts, greedy, g_scores, sampled, s_scores)
+            scored = list(reward_fn([p for p in task_prompts for _ in range(n)], samples_n))
+            metrics[f"eval/gold_reward_best_of_{n}"] = _mean(best_of_n(scored, n))
+        rows = zip(task_prompts, greedy, g_scores, sampled, s_scores)
         samples = [{"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss}
                    for p, g, gs, s, ss in list(rows)[: int(cfg["num_logged_samples"])]]
     if ppl_batches:

@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 
 from alignx.data.rows import encode_split
 from alignx.data.tokenize import prompt_is_templated, prompt_text
-from alignx.errors import PluginError
 from alignx.evaluation.benchmarks import benchmark_metrics
 from alignx.evaluation.judge import judge_from_config
 from alignx.evaluation.metrics import evaluate_policy, pair_accuracy, reference_rows
@@ -44,9 +43,9 @@ def evaluate(
     factory of context managers yielding the reference policy), KL from it and win rate against
     it. A scorer (``generates_text`` false, ``eval_kind="pairs"``): ranking accuracy on pairs.
 
-    The policy (and the reference it is compared with) completes each prompt as
-    :meth:`Objective.generation_prompt` renders it; the gold reward and the samples table see the
-    prompt itself, learned reward models (``eval.reward_model``) the rendered text.
+    The policy completes each prompt as :meth:`Objective.generation_prompt` renders it; the gold
+    reward, learned reward models (``eval.reward_model``), the samples table and the reference the
+    win rate compares with see the prompt itself.
     """
     if not cfg.eval.enabled or not test_rows:
         return {}, []
@@ -62,46 +61,29 @@ def evaluate(
     # handful of review openings) still gets eval.num_prompts independent samples
     prompts = [prompt_text(r, tokenizer, chat) for r in test_rows][: int(cfg.eval.num_prompts)]
     # the policy completes what its objective conditions it on; the reward still reads the task's prompt
-    asked, original = generation_prompts(objective_cls, prompts, cfg)
+    asked = generation_prompts(objective_cls, prompts, cfg)
     items, _, _ = encode_split(SFT, test_rows, tokenizer, cfg.data)
     collate = SFT.collate_fn(tokenizer)
     bs = int(cfg.data.eval_batch_size)
     metrics, samples = evaluate_policy(
         model, tokenizer, asked, cfg.eval,
-        reward_fn=None if reward_fn is None else _on_original(reward_fn, original),
+        reward_fn=reward_fn,
         ppl_batches=[collate(items[i : i + bs]) for i in range(0, len(items), bs)],
         seed=int(cfg.seed),
         prompt_is_templated=any(prompt_is_templated(r, chat) for r in test_rows),
         reference=reference,
         reward_models=eval_reward_models(cfg),
         judge=policy_judge(cfg, model, prompts, test_rows, bs),
+        task_prompts=prompts,
     )
     metrics.update(benchmark_metrics(cfg.eval, registry, model, tokenizer, chat_template=chat, batch_size=bs))
-    return metrics, [{**row, "prompt": original[row["prompt"]]} for row in samples]
+    return metrics, samples
 
 
-def generation_prompts(objective_cls: type[Objective], prompts: list[str], cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
-    """(the texts the policy completes, {text: the prompt it came from}): each prompt through
-    :meth:`Objective.generation_prompt`. Two prompts conditioned into one text is a PluginError
-    (the reward could not tell which prompt a completion answers)."""
-    asked = [objective_cls.generation_prompt(p, cfg) for p in prompts]
-    original: dict[str, str] = {}
-    for text, prompt in zip(asked, prompts):
-        if original.setdefault(text, prompt) != prompt:
-            raise PluginError(
-                f"objective '{objective_cls.name}': generation_prompt turns two prompts, {original[text]!r} and "
-                f"{prompt!r}, into the same text {text!r}"
-            )
-    return asked, original
-
-
-def _on_original(reward_fn: Callable[..., Any], original: dict[str, str]) -> Callable[..., Any]:
-    """``reward_fn`` called with the task's prompts in place of the texts the policy completed."""
-
-    def score(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> Any:
-        return reward_fn([original[p] for p in prompts], completions, **kwargs)
-
-    return score
+def generation_prompts(objective_cls: type[Objective], prompts: list[str], cfg: DictConfig) -> list[str]:
+    """The texts the policy completes: each prompt through :meth:`Objective.generation_prompt`
+    (in order; whatever reads a prompt for scoring is given the prompt itself at the same position)."""
+    return [objective_cls.generation_prompt(p, cfg) for p in prompts]
 
 
 def policy_judge(
