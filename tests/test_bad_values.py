@@ -50,7 +50,7 @@ CLI_CASES = {
     ),
     "mistyped_objective": (
         ["objective=dpoo"],
-        "objective=dpoo is not an option of group 'objective'. Did you mean 'dpo'? Options: dapo, dpo, ",
+        "objective=dpoo is not an option of group 'objective'. Did you mean 'dpo'? Options: coh, dapo, distill, dpo, ",
     ),
     "hf_without_path": (["model=hf"], "model.name_or_path is required for model=hf: a hub id or a local directory"),
 }
@@ -264,7 +264,7 @@ def test_mandatory_value_left_unset_is_named(overrides, message):
 @pytest.mark.parametrize(
     "overrides,start",
     [
-        (["objective=dpoo"], "objective=dpoo is not an option of group 'objective'. Did you mean 'dpo'? Options: dapo, dpo, grpo, gspo, kto, ppo, pro, reinforce_pp, rloo, rm, rrhf, sft"),
+        (["objective=dpoo"], "objective=dpoo is not an option of group 'objective'. Did you mean 'dpo'? Options: coh, dapo, distill, dpo, gkd, grpo, gspo, kto, online_dpo, ppo, prm, pro, reinforce_pp, rloo, rm, rrhf, rwr, sft"),
         (["model=tinyy"], "model=tinyy is not an option of group 'model'. Did you mean 'tiny'? Options: hf, small, tiny"),
         (["+adapter=loraa"], "adapter=loraa is not an option of group 'adapter'. Did you mean 'lora'? Options: dora, lora, none"),
         (["adapter@extra=qlora"], "adapter=qlora is not an option of group 'adapter'. Did you mean 'lora'?"),

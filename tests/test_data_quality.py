@@ -36,12 +36,16 @@ def test_quality_scores_are_gold_rewards_and_gold_margins():
     assert [round(s, 3) for s in quality_scores(rows, [gold, gold])] == [0.881, 0.381]
 
 
+def _no_reward():
+    raise AssertionError("the job's reward is built only by data.filter=reward")
+
+
 def test_gold_filter_keeps_the_best_fifth():
     cfg = compose(["dataset=sentiment", "data.filter=gold", "data.keep_fraction=0.4"])
     rows = [{"prompt": "p", "completion": c} for c in (" dull.", " great and superb.", " long.", " great.", " bad and awful.")]
-    out = filter_rows(rows, "gold", 0.4, cfg, load_plugins(), 0)
+    out = filter_rows(rows, "gold", 0.4, cfg, load_plugins(), 0, _no_reward)
     assert [r["completion"] for r in out] == [" great and superb.", " great."]
-    assert filter_rows(rows, "none", 0.4, cfg, load_plugins(), 0) is rows
+    assert filter_rows(rows, "none", 0.4, cfg, load_plugins(), 0, _no_reward) is rows
 
 
 def test_injected_rows_are_low_quality_and_seeded():
@@ -88,4 +92,4 @@ def test_low_quality_rows_need_sft_rows_and_a_valid_fraction():
     with pytest.raises(ConfigError, match=r"dataset\.low_quality_fraction must be in \[0, 1\], got 1\.5"):
         load_rows(compose(["dataset.n_train=8", "dataset.low_quality_fraction=1.5"]), registry, "sft", None)
     with pytest.raises(ConfigError, match=r"data\.filter=judge is not a quality filter; valid: none, gold, reward"):
-        filter_rows([], "judge", 0.5, compose([]), registry, 0)
+        filter_rows([], "judge", 0.5, compose([]), registry, 0, _no_reward)

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("alignx.data", "alignx.models", "alignx.rewards", "alignx.tracking", "alignx.tasks", "alignx.generation",
      "alignx.checkpoint", "alignx.config", "alignx.resume"),
     ("alignx.objectives",),
-    ("alignx.evaluation", "alignx.datagen", "alignx.compare", "alignx.builtins"),
+    ("alignx.evaluation", "alignx.datagen", "alignx.compare", "alignx.builtins", "alignx.labelling"),
     ("alignx.job", "alignx.train", "alignx.pipeline"),
     ("alignx.cli",),
 ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from alignx.data.curriculum import GoldReward, gold_rewards, reward_difficulty
 from alignx.data.sources import SplitRows
@@ -66,8 +66,11 @@ def quality_scores(rows: Sequence[Mapping[str, Any]], scorers: Sequence[GoldRewa
     return out
 
 
-def filter_rows(rows: Sequence[dict], method: str, keep_fraction: float, cfg: Any, registry: Registry, seed: int) -> Sequence[dict]:
-    """The train ``rows`` reduced to the best ``keep_fraction`` by ``method`` (:data:`FILTERS`); ``cfg`` is the job config."""
+def filter_rows(rows: Sequence[dict], method: str, keep_fraction: float, cfg: Any, registry: Registry, seed: int,
+                job_reward: Callable[[], GoldReward]) -> Sequence[dict]:
+    """The train ``rows`` reduced to the best ``keep_fraction`` by ``method`` (:data:`FILTERS`); ``cfg``
+    is the job config; ``job_reward`` builds the job's ``reward`` (called only by ``method="reward"``:
+    it may load reward models)."""
     if method not in FILTERS:
         raise ConfigError(f"data.filter={method} is not a quality filter; valid: {', '.join(FILTERS)}")
     if method == "none":
@@ -77,11 +80,7 @@ def filter_rows(rows: Sequence[dict], method: str, keep_fraction: float, cfg: An
     if method == "gold":
         scorers = gold_rewards(rows, cfg.dataset, registry)
     else:
-        # the training stack (torch, reward models) only when a job asks for it: config checks import this module
-        from alignx.rewards.combine import build_reward
-
-        reward = build_reward(cfg.reward, registry)
-        scorers = [reward] * len(rows)
+        scorers = [job_reward()] * len(rows)
     return _subset(rows, keep_top(quality_scores(rows, scorers), keep_fraction, seed))
 
 

@@ -24,6 +24,7 @@ from alignx.data.templates import apply_template
 from alignx.data.tokenize import EncodeStats, encode_rows
 from alignx.errors import ConfigError, DataError
 from alignx.registry import Registry
+from alignx.rewards.combine import build_reward
 
 log = logging.getLogger("alignx")
 
@@ -60,7 +61,8 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
         rows["train"] = inject_low_quality(rows["train"], float(low_quality), cfg.dataset.get("task"), registry, seed)
     # before tokenisation, so the tokenised-data cache key (it covers the rows) covers the template
     rows = apply_template(rows, cfg.template if "template" in cfg else None, seed)
-    rows["train"] = filter_rows(rows["train"], str(cfg.data.filter), float(cfg.data.keep_fraction), cfg, registry, seed)
+    rows["train"] = filter_rows(rows["train"], str(cfg.data.filter), float(cfg.data.keep_fraction), cfg, registry, seed,
+                                job_reward=lambda: build_reward(cfg.reward, registry))
     rows["train"] = apply_curriculum(rows["train"], str(cfg.data.curriculum), cfg.dataset, registry, seed)
     for split in rows:
         if invalid.count(split):
