@@ -20,7 +20,7 @@ from alignx.models.loading import build_llama, save_pretrained_atomic
 from alignx.registry import load_plugins
 from alignx.rewards import check_reward_config
 from alignx.rewards.combine import build_reward
-from alignx.rewards.ensemble import AGGREGATES, RewardEnsemble, aggregate, ensemble_std
+from alignx.rewards.ensemble import AGGREGATES, aggregate, ensemble_std
 from alignx.rewards.model import RewardModelScorer
 from alignx.train import train
 from conftest import FAST, fast

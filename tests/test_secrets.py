@@ -7,7 +7,6 @@ import io
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
