@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import fast
 from mlflow import MlflowClient
 
 from alignx.config import compose
@@ -17,9 +18,15 @@ from alignx.losses.process_reward import NOT_A_STEP, step_bce_loss
 from alignx.models.loading import build_llama
 from alignx.objectives.prm import encode_steps_row, step_scores
 from alignx.tasks import BUILTIN_TASKS, StepsTask, TaskArgumentError
-from alignx.tasks.steps import answer_of, corrupt, gold_steps, render, split_steps, verify_steps
+from alignx.tasks.steps import (
+    answer_of,
+    corrupt,
+    gold_steps,
+    render,
+    split_steps,
+    verify_steps,
+)
 from alignx.train import train
-from conftest import fast
 
 
 def test_gold_steps_render_and_final_answer_reward():

@@ -22,7 +22,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
-from alignx.data.tokenize import encode_prompt, fit_to_length, prompt_is_templated, prompt_text
+from alignx.data.tokenize import (
+    encode_prompt,
+    fit_to_length,
+    prompt_is_templated,
+    prompt_text,
+)
 from alignx.errors import ConfigError
 from alignx.losses.process_reward import NOT_A_STEP, step_bce_loss
 from alignx.models.heads import add_reward_head, token_values

@@ -22,7 +22,12 @@ import re
 from numbers import Real
 from typing import Sequence
 
-from alignx.tasks._common import SyntheticTask, TaskArgumentError, check_rows_args, derive_rng
+from alignx.tasks._common import (
+    SyntheticTask,
+    TaskArgumentError,
+    check_rows_args,
+    derive_rng,
+)
 
 #: the row kind of step-labelled rows (prompt, steps, step_labels); validated by alignx.data.formats
 STEPS_KIND = "steps"
@@ -75,7 +80,7 @@ def render(steps: Sequence[str]) -> str:
 def split_steps(completion: str) -> list[str]:
     """The steps of a completion (the text before ``". Answer:"``, split at the separator, stripped)."""
     body = completion.split(ANSWER_PREFIX.strip(), 1)[0].strip()
-    body = body[:-1] if body.endswith(".") else body
+    body = body.removesuffix(".")
     return [s.strip() for s in body.split(STEP_SEPARATOR.strip()) if s.strip()]
 
 
