@@ -192,6 +192,15 @@ def arithmetic_sft(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def sentiment_dpo(tmp_path_factory: pytest.TempPathFactory, sentiment_sft):
+    """DPO from the quickstart SFT model (150 steps at lr 1e-4 on gold-labelled sentiment pairs), once
+    per session: the DPO proof checks it, the distillation proof uses it as a teacher better than the data."""
+    return shared_training(tmp_path_factory, "sentiment_dpo", ["dataset=sentiment", "model=hf",
+                                                              f"model.name_or_path={sentiment_sft.model_dir}",
+                                                              "optim.lr=1e-4", "objective=dpo", "trainer.max_steps=150"])
+
+
+@pytest.fixture(scope="session")
 def sentiment_rm(tmp_path_factory: pytest.TempPathFactory):
     """A reward model trained on sentiment pairs with 10% flipped labels (150 steps), once per session:
     the RM proof checks its accuracy, the PPO-against-a-learned-RM proof optimises it."""

@@ -34,7 +34,7 @@ def _report(name, before, after):
 
 
 @pytest.mark.slow
-def test_sft_then_dpo_raises_gold_reward_at_a_reported_kl(sft, tmp_path):
+def test_sft_then_dpo_raises_gold_reward_at_a_reported_kl(sft, sentiment_dpo):
     """DPO on gold-labelled pairs, 150 steps at lr 1e-4 from the quickstart SFT model.
 
     Measured margin (benchmarks/results/proof-margins-cpu.md, ``OMP_NUM_THREADS=1 python
@@ -44,7 +44,7 @@ def test_sft_then_dpo_raises_gold_reward_at_a_reported_kl(sft, tmp_path):
     (gain +0.044 / +0.082 / +0.090, 0.03 required: margin +0.014, at seed 0, the suite's);
     val/rewards/accuracies 0.906 / 0.789 / 0.906 (> 0.6); KL from the SFT model 10.7 / 4.5 / 9.5 nats.
     """
-    dpo = _from_sft(sft, tmp_path, "objective=dpo", "trainer.max_steps=150")
+    dpo = sentiment_dpo  # _from_sft(sft, ..., "objective=dpo", "trainer.max_steps=150"), shared with the distillation proof
     before, after = sft.metrics, dpo.metrics
     _report("DPO", before, after)
     assert after["eval/gold_reward_greedy"] > before["eval/gold_reward_greedy"] + 0.15
