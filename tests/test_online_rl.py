@@ -249,7 +249,7 @@ def test_rloo_defaults_to_the_papers_sequence_loss_and_keeps_the_token_mean_vari
         model, tok = build_llama(c.model)  # seeded by model.init_seed: both objectives get the same weights
         obj = RLOO(model.eval(), tok, c.objective, optimizer=torch.optim.SGD)  # eval: as training_step
         ids = encode_prompts(tok, ["Review: The plot was", "Review: The cast felt"])
-        obj.attach(JobContext(c, registry, [{"input_ids": i, "prompt": p} for i, p in zip(ids, PROMPTS)], []))
+        obj.attach(JobContext(c, registry, [{"input_ids": i, "prompt": p, "reward_prompt": p} for i, p in zip(ids, PROMPTS)], []))
         return obj
 
     seq, tok_mean = rloo(), rloo("objective.loss_normalization=grpo")

@@ -30,6 +30,10 @@ def test_wheel_ships_config_groups_and_entry_points(tmp_path):
         yamls = {Path(n).relative_to("alignx/conf").as_posix() for n in names if n.startswith("alignx/conf/") and n.endswith(".yaml")}
         shipped = {p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
         assert yamls == shipped
+        # every alignx subpackage ships (a package missing from the list is left out without a word)
+        modules = {Path(n).parent.as_posix() for n in names if n.startswith("alignx/") and n.endswith("/__init__.py")}
+        expected = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "alignx").rglob("__init__.py")}
+        assert expected <= modules, sorted(expected - modules)
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[alignx.plugins]\nalignx = alignx.builtins:register" in entry_points
     assert "[alignx.conf]\nalignx = alignx.conf" in entry_points
