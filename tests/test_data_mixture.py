@@ -149,7 +149,9 @@ def test_a_mixture_run_records_rows_per_source(tmp_path: Path):
     assert run.data.tags["data.train.source.math"] == "72" and run.data.tags["alignx.dataset"] == "mixture"
     summary = json.loads(Path(client.download_artifacts(job.run_id, "data/summary.json", str(tmp_path))).read_text())
     assert summary["train"]["source.sent"] == 24 and summary["val"]["source.math"] == 8
-    assert "eval/perplexity" in job.metrics and "eval/gold_reward_greedy" not in job.metrics  # dataset.task=null
+    # dataset.task=null: each source's rows are gold-scored by its own task (tests/test_mixture_metrics.py)
+    assert "eval/perplexity" in job.metrics and "eval/gold_reward_greedy" in job.metrics
+    assert "eval/math/gold_reward_greedy" in job.metrics and "eval/sent/perplexity" in job.metrics
 
 
 def test_a_task_that_would_score_another_sources_samples_is_refused():

@@ -16,7 +16,7 @@ similar ``len(item["input_ids"])``.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -24,7 +24,11 @@ from torch.utils.data import Sampler
 from alignx.losses.reward import ranking_pairs
 from alignx.ops.logprobs import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "BucketBatchSampler", "collate_pairs", "collate_ranked", "collate_ranked_lm", "collate_sft", "padding_fraction"]
+__all__ = ["IGNORE_INDEX", "SOURCE_INDEX", "BucketBatchSampler", "collate_pairs", "collate_ranked", "collate_ranked_lm", "collate_sft",
+           "collate_with_sources", "padding_fraction", "source_names"]
+
+#: the batch key of each item's source (a dataset mixture's rows): index into :func:`source_names`, [B] long
+SOURCE_INDEX = "source_index"
 
 
 def collate_sft(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -102,6 +106,24 @@ def collate_ranked_lm(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[s
     batch = collate_sft(flat, pad_id)
     batch["ranks"] = ranks
     batch["valid"] = valid
+    return batch
+
+
+def source_names(*item_lists: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The sources the items came from (their ``source``, a dataset mixture's row column), sorted; () for none."""
+    return tuple(sorted({str(it["source"]) for items in item_lists for it in items if "source" in it}))
+
+
+def collate_with_sources(
+    collate: Callable[[Sequence[Mapping[str, Any]]], dict], index: Mapping[str, int], items: Sequence[Mapping[str, Any]]
+) -> dict:
+    """``collate(items)`` plus :data:`SOURCE_INDEX`: ``index[item["source"]]`` of each item, in item order [B].
+
+    One entry per item, whatever the batch's row layout (a pairs batch has 2B sequences): row ``i``
+    of an objective's per-row loss (:class:`alignx.objectives.base.RowLoss`) is item ``i``.
+    """
+    batch = collate(items)
+    batch[SOURCE_INDEX] = torch.tensor([index[str(it["source"])] for it in items], dtype=torch.long)
     return batch
 
 

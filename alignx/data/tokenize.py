@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from alignx.data.mixture import SOURCE_COLUMN
 from alignx.data.sources import SplitRows
 from alignx.errors import DataError
 from alignx.ops.logprobs import IGNORE_INDEX
@@ -335,6 +336,9 @@ def encode_rows(
     own :class:`~alignx.data.sources.SplitRows` name): such a pair trains at a constant loss
     (DPO: ln 2) with zero gradient, so keeping it would only dilute every batch it lands in.
 
+    A row with a ``source`` (a dataset mixture's, :data:`alignx.data.mixture.SOURCE_COLUMN`) passes it
+    on to its item.
+
     Under ``data.truncation=error`` the first over-long row raises a :class:`DataError` naming
     the split and the row's index (and its file and row, when ``rows`` is a
     :class:`~alignx.data.sources.SplitRows`) with its lengths.
@@ -351,6 +355,8 @@ def encode_rows(
             item, status = None, IDENTICAL
         stats.add(status)
         if item is not None:
+            if SOURCE_COLUMN in row:  # a mixture's row: per-source training loss and evaluation group by it
+                item[SOURCE_COLUMN] = row[SOURCE_COLUMN]
             out.append(item)
     stats.warn_identical(split or (rows.split if isinstance(rows, SplitRows) else ""))
     return out, stats

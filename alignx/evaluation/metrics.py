@@ -9,6 +9,7 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 import torch
 
 from alignx.data.batching import collate_sft
+from alignx.data.mixture import SOURCE_COLUMN
 from alignx.data.tokenize import encode_prompt
 from alignx.generation import Rollout, generate, generate_rollouts, position_ids
 from alignx.losses.preference import sequence_logps
@@ -24,7 +25,8 @@ def reference_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
 
     pairs -> the chosen completion; ranked -> the best-ranked one; unpaired -> the desirable
     rows (all rows if none is); sft rows pass through. A message-list prompt becomes a
-    ``messages`` conversation. Prompts feed generation, completions feed perplexity.
+    ``messages`` conversation. Prompts feed generation, completions feed perplexity. A dataset
+    mixture's ``source`` column is kept (per-source evaluation groups by it).
     """
     out = []
     desirable = [r for r in rows if r.get("label") is True]
@@ -44,6 +46,8 @@ def reference_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
             out.append({"messages": [*prompt, {"role": "assistant", "content": completion}]})
         else:
             out.append({"prompt": prompt, "completion": completion})
+        if SOURCE_COLUMN in row:
+            out[-1][SOURCE_COLUMN] = row[SOURCE_COLUMN]
     return out
 
 
@@ -203,6 +207,7 @@ def evaluate_policy(
     reward_models: Mapping[str, RewardFn] | None = None,
     judge: Callable[[Sequence[str]], Mapping[str, float]] | None = None,
     task_prompts: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Gold reward of greedy and sampled completions, and perplexity; returns (metrics, samples).
 
@@ -224,12 +229,19 @@ def evaluate_policy(
     e.g. with a feedback phrase appended): rewards, reward models and the samples table read them,
     and the reference answers them, as it was never taught the policy's conditioning. The KL is
     still measured on the policy's own samples, in the context the policy saw.
+
+    ``groups`` (one name per prompt: a dataset mixture's sources) adds, for each group ``g``,
+    ``eval/<g>/gold_reward_greedy|sampled`` (and their ``_stderr``) and, with ``reference``,
+    ``eval/<g>/win_rate``: the same per-prompt values as the overall metrics, over that group's
+    prompts only (:func:`group_metrics`); the samples table gets a ``source`` column.
     """
     metrics: dict[str, float] = {}
     samples: list[dict] = []
     task_prompts = list(prompts if task_prompts is None else task_prompts)
     if len(task_prompts) != len(prompts):
         raise ValueError(f"task_prompts has {len(task_prompts)} prompts for {len(prompts)} prompts")
+    if groups is not None and len(groups) != len(prompts):
+        raise ValueError(f"groups has {len(groups)} names for {len(prompts)} prompts")
     if prompts:
         gen = dict(max_new_tokens=int(cfg["max_new_tokens"]), seed=seed, prompt_is_templated=prompt_is_templated)
         sampling = dict(temperature=float(cfg["temperature"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]))
@@ -247,6 +259,7 @@ def evaluate_policy(
             metrics["eval/gold_reward_greedy_stderr"] = standard_error(g_scores)
             metrics["eval/gold_reward_sampled_stderr"] = standard_error(s_scores)
         ref_sampled: list[str] | None = None
+        ref_scores: list[float] | None = None
         if reference is not None:
             # the policy's log-probs first: the reference may be the same module with adapters disabled
             policy_lp = rollout_logps(model, rollouts)
@@ -257,7 +270,8 @@ def evaluate_policy(
                 ref_sampled = generate(ref, tokenizer, task_prompts, **sampling, **gen)
             metrics["eval/kl_to_reference"] = _sequence_kl(policy_lp, ref_lp)
             if reward_fn:
-                metrics["eval/win_rate"] = win_rate(s_scores, list(reward_fn(task_prompts, ref_sampled)))
+                ref_scores = list(reward_fn(task_prompts, ref_sampled))
+                metrics["eval/win_rate"] = win_rate(s_scores, ref_scores)
         if judge is not None:
             metrics.update(judge(sampled))
         for name, fn in (reward_models or {}).items():
@@ -269,12 +283,39 @@ def evaluate_policy(
             samples_n = generate(model, tokenizer, many, **sampling, **{**gen, "seed": seed + 1})
             scored = list(reward_fn([p for p in task_prompts for _ in range(n)], samples_n))
             metrics[f"eval/gold_reward_best_of_{n}"] = _mean(best_of_n(scored, n))
+        if groups is not None and reward_fn:
+            metrics.update(group_metrics(groups, g_scores, s_scores, ref_scores))
         rows = zip(task_prompts, greedy, g_scores, sampled, s_scores)
         samples = [{"prompt": p, "greedy": g, "greedy_reward": gs, "sampled": s, "sampled_reward": ss}
                    for p, g, gs, s, ss in list(rows)[: int(cfg["num_logged_samples"])]]
+        if groups is not None:
+            samples = [{**row, SOURCE_COLUMN: name} for row, name in zip(samples, groups)]
     if ppl_batches:
         metrics["eval/perplexity"] = perplexity(model, ppl_batches)
     return metrics, samples
+
+
+def group_metrics(
+    groups: Sequence[str], greedy: Sequence[float], sampled: Sequence[float], reference: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """Per-group gold-reward metrics from per-prompt scores (``groups[i]`` names prompt ``i``'s group).
+
+    For each group ``g``: ``eval/<g>/gold_reward_greedy`` and ``eval/<g>/gold_reward_sampled`` (the
+    mean of its prompts' scores), their ``_stderr`` (:func:`standard_error`), ``eval/<g>/num_prompts``
+    and, with the reference policy's sample scores, ``eval/<g>/win_rate`` (:func:`win_rate`).
+    """
+    out: dict[str, float] = {}
+    for name in sorted(set(groups)):
+        idx = [i for i, g in enumerate(groups) if g == name]
+        g, s = [greedy[i] for i in idx], [sampled[i] for i in idx]
+        out[f"eval/{name}/num_prompts"] = float(len(idx))
+        out[f"eval/{name}/gold_reward_greedy"] = _mean(g)
+        out[f"eval/{name}/gold_reward_sampled"] = _mean(s)
+        out[f"eval/{name}/gold_reward_greedy_stderr"] = standard_error(g)
+        out[f"eval/{name}/gold_reward_sampled_stderr"] = standard_error(s)
+        if reference is not None:
+            out[f"eval/{name}/win_rate"] = win_rate(s, [reference[i] for i in idx])
+    return out
 
 
 def _reward_model_metrics(

@@ -21,6 +21,7 @@ from alignx.data.tokenize import prompt_is_templated, prompt_text
 from alignx.evaluation.benchmarks import benchmark_metrics
 from alignx.evaluation.judge import judge_from_config
 from alignx.evaluation.metrics import evaluate_policy, pair_accuracy, reference_rows
+from alignx.evaluation.sources import row_sources, source_perplexity, source_reward
 from alignx.models.adapters import is_peft
 from alignx.objectives.base import Objective, ReferenceObjective
 from alignx.objectives.sft import SFT
@@ -56,6 +57,8 @@ def evaluate(
         return {}, []
     task = cfg.dataset.get("task")
     reward_fn = registry.get("reward", str(task)) if task and ("reward", str(task)) in registry else None
+    # a dataset mixture: each row gold-scored by its own source's task (alignx.evaluation.sources)
+    reward_fn = source_reward(cfg, registry, test_rows, tokenizer) or reward_fn
     chat = bool(cfg.data.chat_template)
     # held-out rows in order, repeats included: a task with few distinct prompts (sentiment has a
     # handful of review openings) still gets eval.num_prompts independent samples
@@ -75,8 +78,10 @@ def evaluate(
         reward_models=eval_reward_models(cfg),
         judge=policy_judge(cfg, model, prompts, test_rows, bs),
         task_prompts=prompts,
+        groups=row_sources(test_rows, len(prompts)),
     )
     metrics.update(benchmark_metrics(cfg.eval, registry, model, tokenizer, chat_template=chat, batch_size=bs))
+    metrics.update(source_perplexity(model, items, collate, bs))
     return metrics, samples
 
 

@@ -28,7 +28,7 @@ import torch
 
 from alignx.checkpoint import rng_state, set_rng_state
 from alignx.config import check_known_keys, objective_keys
-from alignx.data.batching import collate_sft
+from alignx.data.batching import SOURCE_INDEX, collate_sft, collate_with_sources, source_names
 from alignx.data.module import AlignDataModule
 from alignx.data.tokenize import encode_sft_row
 from alignx.errors import ConfigError
@@ -57,6 +57,21 @@ class CompletionLogps(NamedTuple):
     #: mean logit over the vocabulary and the labelled positions [B], detached (the ``logits/*``
     #: metrics); None unless asked for
     logits_mean: torch.Tensor | None
+
+
+class RowLoss(NamedTuple):
+    """Each item's share of a batch's loss, for ``train/loss/<source>``: the batch loss is
+    ``total.sum() / weight.sum()``, and that of any subset of items the same sums over the subset."""
+
+    #: each item's summed loss [B] (SFT: the NLL summed over its labelled tokens; a pair: its loss), detached
+    total: torch.Tensor
+    #: the units each item's loss is a mean over [B] (SFT: its labelled tokens; a pair: 1)
+    weight: torch.Tensor
+
+
+#: the key of :meth:`Objective.step`'s metrics under which an objective with
+#: :attr:`Objective.per_row_loss` returns a :class:`RowLoss` (it is not logged as a metric)
+ROW_LOSS = "row_loss"
 
 
 class Objective(L.LightningModule):
@@ -98,6 +113,14 @@ class Objective(L.LightningModule):
     #: external helper library, a tokenizer patch): cached items of other versions are then
     #: not served (docs/data.md)
     encode_version: ClassVar[str] = "1"
+    #: :meth:`step` returns each item's loss (``metrics[ROW_LOSS]``, a :class:`RowLoss`) on batches
+    #: that carry :data:`~alignx.data.batching.SOURCE_INDEX`, which :meth:`datamodule` adds to the
+    #: batches of a dataset mixture for such objectives; training then logs ``train/loss/<source>``
+    #: (docs/data.md, "Dataset mixtures"). Other datasets' batches never carry it: no cost there
+    per_row_loss: ClassVar[bool] = False
+    #: the sources of a dataset mixture's items (train and val), sorted, set by :meth:`bind` for an
+    #: objective with :attr:`per_row_loss`; the values of ``batch[SOURCE_INDEX]`` index it
+    source_names: tuple[str, ...] = ()
     #: ``model.logprob_chunk_size`` of the job, set per instance by :meth:`bind`: None = log-probs
     #: from the model's logits; N = from its final hidden states, N labelled positions at a time,
     #: never the [B, T, V] logits (:meth:`completion_logps`, :meth:`completion_cross_entropy`)
@@ -216,11 +239,17 @@ class Objective(L.LightningModule):
     @classmethod
     def datamodule(cls, train_items: list[dict], val_items: list[dict], tokenizer: Any, cfg: Any) -> L.LightningDataModule:
         """The data module the trainer iterates (default: length-bucketed batches of encoded items;
-        with ``data.curriculum`` the train items' own easy-to-hard order, unshuffled)."""
+        with ``data.curriculum`` the train items' own easy-to-hard order, unshuffled). Items of a
+        dataset mixture carry their source into the batch (:data:`~alignx.data.batching.SOURCE_INDEX`)
+        for an objective with :attr:`per_row_loss`."""
+        collate = cls.collate_fn(tokenizer)
+        names = source_names(train_items, val_items) if cls.per_row_loss else ()
+        if names:
+            collate = partial(collate_with_sources, collate, {name: i for i, name in enumerate(names)})
         return AlignDataModule(
             train_items,
             val_items,
-            cls.collate_fn(tokenizer),
+            collate,
             batch_size=int(cfg.data.batch_size),
             eval_batch_size=int(cfg.data.eval_batch_size),
             bucketing=bool(cfg.data.length_bucketing),
@@ -276,6 +305,8 @@ class Objective(L.LightningModule):
         :attr:`padding_free` (switching the model's attention, or a ConfigError naming the key for
         a model that cannot), compiles the policy's layers with ``trainer.compile``, then :meth:`attach`."""
         self.context = job
+        # the same names, in the same order, as the index datamodule() gives the batches
+        self.source_names = source_names(job.train_items, job.val_items) if self.per_row_loss else ()
         size = job.cfg.model.logprob_chunk_size
         self.logprob_chunk_size = None if size is None else int(size)
         self.padding_free = bool(job.cfg.model.padding_free)
@@ -366,11 +397,15 @@ class Objective(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.step(batch)
+        rows = metrics.pop(ROW_LOSS, None)
         loss = self._global_mean(loss, self.loss_weight(batch, metrics))
         size = batch["input_ids"].size(0)
         # synced: under DDP rank 0 logs the whole global batch's values, not its own shard's
         sync = self._trainer is not None and self.trainer.world_size > 1
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=sync)
+        if rows is not None and SOURCE_INDEX in batch:
+            for name, value in self.source_losses(rows, batch[SOURCE_INDEX]).items():
+                self.log(f"train/loss/{name}", value, batch_size=size)
         if self._trainer is not None and self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=size, sync_dist=sync)
@@ -393,8 +428,27 @@ class Objective(L.LightningModule):
             set_rng_state(state)
             self._rng_to_restore = None
 
+    def source_losses(self, rows: RowLoss, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{source: loss of the batch's items from that source}`` (``index``: each item's
+        :data:`~alignx.data.batching.SOURCE_INDEX`), for the sources with items in the global batch.
+
+        Each value is what :meth:`step` would return as the loss on those items alone:
+        ``sum(total) / sum(weight)`` over them. Under DDP the sums are reduced over the ranks first,
+        so every rank returns the same sources and values for the whole global batch.
+        """
+        n = len(self.source_names)
+        sums = torch.zeros(2, n, dtype=torch.float32, device=rows.total.device)
+        index = index.to(rows.total.device)
+        sums[0].index_add_(0, index, rows.total.detach().float())
+        sums[1].index_add_(0, index, rows.weight.detach().float())
+        if self._trainer is not None and self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        present = (sums[1] > 0).tolist()
+        return {name: sums[0, i] / sums[1, i] for i, name in enumerate(self.source_names) if present[i]}
+
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.step(batch)
+        metrics.pop(ROW_LOSS, None)  # per-source evaluation is the suite's (eval/<source>/...)
         size = batch["input_ids"].size(0)
         self.log("val/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=size, sync_dist=True)
