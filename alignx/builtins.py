@@ -46,7 +46,8 @@ ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.
             "dora": "alignx.models.adapters:lora"}
 #: rewards beyond each task's gold reward: a trained reward model (reward=rm reward.path=...) and a length penalty
 REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty",
-           "ensemble": "alignx.rewards.ensemble:ensemble_reward"}
+           "ensemble": "alignx.rewards.ensemble:ensemble_reward",
+           "process_gold": "alignx.rewards.steps:process_gold", "prm": "alignx.rewards.steps:prm_reward"}
 
 #: closed-set benchmarks for eval.benchmarks (held-out arithmetic problems: multiple choice, exact match)
 BENCHMARKS = {name: f"alignx.evaluation.benchmarks:{name}" for name in ("arithmetic_choice", "arithmetic_exact")}

@@ -128,6 +128,7 @@ class EvalSchema:
     num_logged_samples: int = spec(ge=0)
     reward_model: Optional[str] = spec()
     best_of_n: int = spec(ge=1)
+    prm: Optional[str] = spec()
     judge: Optional[str] = spec()
     judge_template: str = spec()
     judge_labels: list[str] = spec(length=2)

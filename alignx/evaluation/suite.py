@@ -21,6 +21,7 @@ from alignx.data.tokenize import prompt_is_templated, prompt_text
 from alignx.evaluation.benchmarks import benchmark_metrics
 from alignx.evaluation.judge import judge_from_config
 from alignx.evaluation.metrics import evaluate_policy, pair_accuracy, reference_rows
+from alignx.evaluation.prm_best_of_n import check_prm_eval, prm_best_of_n
 from alignx.evaluation.sources import row_sources, source_perplexity, source_reward
 from alignx.models.adapters import is_peft
 from alignx.objectives.base import Objective, ReferenceObjective
@@ -42,7 +43,8 @@ def evaluate(
 
     A policy: gold reward (when the dataset names a task), perplexity and, with ``reference`` (a
     factory of context managers yielding the reference policy), KL from it and win rate against
-    it. A scorer (``generates_text`` false, ``eval_kind="pairs"``): ranking accuracy on pairs.
+    it; with ``eval.prm``, PRM-guided best-of-N (:mod:`alignx.evaluation.prm_best_of_n`). A scorer
+    (``generates_text`` false, ``eval_kind="pairs"``): ranking accuracy on pairs.
 
     The policy completes each prompt as :meth:`Objective.generation_prompt` renders it; the gold
     reward, learned reward models (``eval.reward_model``), the samples table and the reference the
@@ -50,6 +52,7 @@ def evaluate(
     """
     if not cfg.eval.enabled or not test_rows:
         return {}, []
+    check_prm_eval(cfg.eval)
     if not objective_cls.generates_text:
         return _evaluate_scorer(cfg, model, tokenizer, objective_cls, test_rows), []
     test_rows = reference_rows(test_rows)
@@ -80,6 +83,12 @@ def evaluate(
         task_prompts=prompts,
         groups=row_sources(test_rows, len(prompts)),
     )
+    if cfg.eval.prm:
+        # PRM-guided best-of-N: the same N candidates as eval/gold_reward_best_of_<N>, chosen by the PRM
+        metrics.update(prm_best_of_n(
+            model, tokenizer, asked, cfg.eval, reward_fn=reward_fn, seed=int(cfg.seed),
+            prompt_is_templated=any(prompt_is_templated(r, chat) for r in test_rows), task_prompts=prompts,
+        ))
     metrics.update(benchmark_metrics(cfg.eval, registry, model, tokenizer, chat_template=chat, batch_size=bs))
     metrics.update(source_perplexity(model, items, collate, bs))
     return metrics, samples

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from alignx.ops.logprobs import masked_mean
-from alignx.ops.rl import check_same_shape, masked_whiten, per_token_rewards, zero_masked
+from alignx.ops.rl import check_same_shape, masked_whiten, normalize_scores, per_token_rewards, zero_masked
 
 GRPO_NORMALIZATIONS: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo")
 #: ``std``: divide by the group's std; ``batch``: by the std of the whole batch; ``none``: no division
@@ -260,3 +260,84 @@ def grpo_token_loss(
     if width <= 0:
         raise ValueError(f"max_len must be > 0, got {width}")
     return summed.sum() / (per_token_loss.size(0) * width)
+
+
+# -- process supervision: rewards at each step's last token ----------------------------------------
+def process_advantages(
+    step_rewards: torch.Tensor,
+    step_ends: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    scale: str = "std",
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO with process supervision (Shao et al. 2024, section 4.1.3): per-token advantages [B, T].
+
+    ``step_rewards`` [B, T] hold each step's reward at the step's last token (``step_ends`` [B, T]
+    true there, and only at valid tokens of ``mask``). Within each group of ``group_size``
+    completions (stored contiguously), every step reward of every completion is normalised with the
+    mean and the **unbiased** std of all of them: ``r̃ = (r - mean) / (std + eps)`` (``scale="none"``:
+    ``r - mean``; ``"batch"``: divided by the std of every step reward of the batch). The advantage
+    of token ``t`` is the sum of the normalised rewards of the steps ending at or after ``t``:
+    ``A_t = Σ_{j: end_j >= t} r̃_j`` (0 at padding). A group with fewer than two step rewards, or all
+    equal, has std 0 and advantages 0. Returns ``(advantages [B, T], per-group std [B / G])``.
+    """
+    check_same_shape(step_rewards=step_rewards, step_ends=step_ends, mask=mask)
+    if scale not in GROUP_SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; valid scales: {', '.join(GROUP_SCALES)}")
+    if step_rewards.dim() != 2:
+        raise ValueError(f"step_rewards must be [B, T], got shape {tuple(step_rewards.shape)}")
+    b = step_rewards.size(0)
+    if group_size < 1 or b % group_size:
+        raise ValueError(f"batch of {b} completions is not a whole number of groups of {group_size}")
+    ends = step_ends.bool() & mask.bool()
+    values = step_rewards.float()
+    normalised = torch.zeros_like(values)
+    stds = []
+    batch_std = _spread(values[ends])
+    for g in range(b // group_size):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        group_ends = ends[rows]
+        v = values[rows][group_ends]
+        std = _spread(v)
+        stds.append(std)
+        if v.numel() == 0:
+            continue
+        centred = v - v.mean()
+        if scale == "std":
+            centred = centred / (std + eps)
+        elif scale == "batch":
+            centred = centred / (batch_std + eps)
+        block = torch.zeros_like(values[rows])
+        block[group_ends] = centred
+        normalised[rows] = block
+    # reverse cumulative sum over positions: the rewards of the steps ending at or after t
+    advantages = normalised.flip(-1).cumsum(-1).flip(-1)
+    return zero_masked(advantages, mask), torch.stack(stds)
+
+
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    """The unbiased std of ``values`` (0 for fewer than two)."""
+    return values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype, device=values.device)
+
+
+def per_token_step_rewards(
+    step_rewards: torch.Tensor, step_ends: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float | torch.Tensor,
+    score_norm: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's per-token reward with process supervision: ``-β · KL_t`` at every response token plus
+    each step's reward at that step's last token (``step_ends``), instead of one score at the last token.
+
+    The step rewards are first normalised over the batch as one set of numbers, by
+    :func:`alignx.ops.rl.normalize_scores` (``score_norm``: none | center | whiten), so ``center``
+    subtracts the mean step reward. Returns ``(rewards, non_score_reward)``, both [B, T], 0 where
+    masked; ``non_score_reward = -β · kl · mask`` as :func:`alignx.ops.rl.per_token_rewards`.
+    """
+    check_same_shape(step_rewards=step_rewards, step_ends=step_ends, kl=kl, mask=mask)
+    ends = step_ends.bool() & mask.bool()
+    placed = torch.zeros_like(kl)
+    entries = step_rewards[ends].to(kl.dtype)
+    if entries.numel():
+        placed[ends] = normalize_scores(entries, score_norm)
+    non_score = zero_masked(-beta * kl, mask)
+    return non_score + placed, non_score

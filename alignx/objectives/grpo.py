@@ -28,6 +28,10 @@ advantage:
 * ``importance_sampling_level=sequence`` (GSPO): one ratio per completion, the exponential of its
   mean token log-ratio, clipped per completion;
 * ``scale_rewards=batch``: group-centred rewards divided by the std of the whole batch;
+* ``step_rewards`` (process supervision, Shao et al. 2024 section 4.1.3): the reward's
+  step rewards (:mod:`alignx.rewards.steps`) normalised over the group, a token's advantage the sum
+  of the normalised rewards of the steps ending at or after it (:func:`process_advantages`); DAPO
+  and GSPO inherit the option, RLOO and REINFORCE++ do not have it;
 * :class:`ReinforcePP` (REINFORCE++): per-token KL penalty in the reward, returns whitened over the batch.
 """
 
@@ -46,6 +50,7 @@ from alignx.losses.policy_gradient import (
     RLOO_NORMALIZATIONS,
     group_advantages,
     grpo_token_loss,
+    process_advantages,
     ratio_surrogate,
     reinforce_pp_advantages,
     rloo_advantages,
@@ -53,6 +58,7 @@ from alignx.losses.policy_gradient import (
 )
 from alignx.objectives.online import (
     ONLINE_KEYS,
+    STEP_REWARDS_KEY,
     Experience,
     OnlineObjective,
     masked_seq_mean,
@@ -71,7 +77,7 @@ class GRPO(OnlineObjective):
     """Group relative policy optimisation: group-normalised rewards, no value model."""
 
     name: ClassVar[str] = "grpo"
-    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | FAMILY_KEYS | {"loss_normalization", "scale_rewards"}
+    config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | FAMILY_KEYS | {"loss_normalization", "scale_rewards", STEP_REWARDS_KEY}
     progress_keys = ("reward", "objective/kl")
     #: accepted values of ``objective.loss_normalization``
     normalizations: ClassVar[tuple[str, ...]] = GRPO_NORMALIZATIONS
@@ -106,6 +112,12 @@ class GRPO(OnlineObjective):
                 raise ConfigError(f"objective.scale_rewards='{scale}' is not valid. Valid: {', '.join(GROUP_SCALES)}")
         if FAMILY_KEYS <= cls.config_keys:
             cls.check_family_values(cfg)
+        if STEP_REWARDS_KEY in cls.config_keys and bool(cls.option(cfg, STEP_REWARDS_KEY)):
+            if int(cls.option(cfg, "overlong_buffer_len")) > 0:
+                raise ConfigError(
+                    "objective.overlong_buffer_len > 0 shapes the outcome score, which objective.step_rewards=true does "
+                    "not learn from: set one of them off (overlong_buffer_len=0 or step_rewards=false)"
+                )
 
     @classmethod
     def check_family_values(cls, cfg: Mapping[str, Any]) -> None:
@@ -137,7 +149,12 @@ class GRPO(OnlineObjective):
         return scores + penalty.to(scores.device, scores.dtype)
 
     def group_baseline(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
-        """(advantages [N], per-group reward std [N / G])."""
+        """(advantages [N], per-group reward std [N / G]); with ``step_rewards``, per-token
+        advantages [N, R] from the group-normalised step rewards (:func:`process_advantages`)."""
+        if self.step_rewards:
+            advantages, _ = process_advantages(exp.data["step_rewards"], exp.data["step_ends"], exp.mask,
+                                               self.group_size, self.scale)
+            return advantages, group_advantages(exp.scores, self.group_size, "none")[1]
         return group_advantages(exp.scores, self.group_size, self.scale)
 
     def kl_in_loss(self) -> bool:
@@ -159,6 +176,10 @@ class GRPO(OnlineObjective):
             }
             if exp.ref_logps is not None:
                 metrics["kl"] = float(masked_seq_mean(kl_estimate(exp.old_logps, exp.ref_logps, self.kl_estimator), exp.mask))
+            if self.step_rewards:
+                # the mean reward of a step (its last token), and steps per completion
+                metrics["objective/step_reward"] = float(exp.data["step_rewards"][exp.data["step_ends"]].mean())
+                metrics["objective/steps"] = float(exp.data["step_ends"].sum(-1).float().mean())
             if self.overlong_buffer:
                 lengths = exp.mask.sum(-1)
                 penalty = overlong_penalty(lengths, self.max_new_tokens, self.overlong_buffer, self.overlong_factor)

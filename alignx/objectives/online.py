@@ -6,7 +6,9 @@ one *iteration*:
 1. take ``data.batch_size`` prompts (a seeded permutation per epoch, a function of the step) and
    sample ``group_size`` completions each with :func:`alignx.generation.sample` (KV cache, seeded
    per rank and step, cut after EOS);
-2. score them with the ``reward`` config group (a missing EOS can get a fixed penalty; GRPO may
+2. score them with the ``reward`` config group (a missing EOS can get a fixed penalty; with
+   ``objective.step_rewards`` (GRPO, PPO) also each step's reward at the token that ends the step,
+   :mod:`alignx.rewards.steps`, in ``exp.data["step_rewards"]``/``["step_ends"]``; GRPO may
    shape the scores and, with dynamic sampling, replace groups whose scores are all equal by the
    groups of more prompts, see ``docs/online_rl.md`` ("The GRPO family"));
 3. with no gradient: log-probs of the sampled tokens under the policy and the reference (logits
@@ -65,6 +67,10 @@ from alignx.ops.rl import entropy_from_logits, kl_estimate, logprob_mismatch, ze
 from alignx.registry import load_plugins
 from alignx.rewards import check_reward_config
 from alignx.rewards.combine import build_reward
+from alignx.rewards.steps import (
+    check_step_reward_components,
+    step_rewards_of,
+)
 from alignx.tracking.logger import TrackerLogger
 
 
@@ -76,8 +82,12 @@ ONLINE_KEYS = frozenset({
 })
 
 
-#: one round of sampled and scored groups: (rollout, prompts, completions, scores [N], score parts)
-Sampled = tuple[Rollout, list[str], list[str], torch.Tensor, dict[str, torch.Tensor]]
+#: one round of sampled and scored groups: (rollout, prompts, completions, scores [N], score parts,
+#: step rewards: per completion its (response token index, reward) pairs, or None without
+#: ``objective.step_rewards``)
+Sampled = tuple[Rollout, list[str], list[str], torch.Tensor, dict[str, torch.Tensor], list[list[tuple[int, float]]] | None]
+#: the config key that turns on step-level rewards (process supervision) for objectives that declare it
+STEP_REWARDS_KEY = "step_rewards"
 
 
 @dataclass
@@ -161,6 +171,8 @@ class OnlineObjective(ReferenceObjective):
         self.use_cache = bool(self.opt("use_cache"))
         self.log_samples_every = int(self.opt("log_samples_every_n_steps") or 0)
         self.num_logged_samples = int(self.opt("num_logged_samples"))
+        #: process supervision: rewards at each step's last token (objectives that declare the key)
+        self.step_rewards = STEP_REWARDS_KEY in self.config_keys and bool(self.opt(STEP_REWARDS_KEY))
         # set by attach()
         self.prompts: list[dict] = []
         self.prompts_per_step = 1
@@ -213,7 +225,12 @@ class OnlineObjective(ReferenceObjective):
         """Fail before any work on keys this objective does not know, or a run without a step budget."""
         super().check_config(cfg)  # only this objective's keys (answered before any import by the CLI)
         cls.check_values(cfg.objective)
-        check_reward_config(cfg.reward, load_plugins())
+        registry = load_plugins()
+        components = check_reward_config(cfg.reward, registry)
+        if STEP_REWARDS_KEY in cls.config_keys and bool(cls.option(cfg.objective, STEP_REWARDS_KEY)):
+            check_step_reward_components(
+                [(c.key, c.weight, registry.get("reward", c.reward)) for c in components], f"objective.{STEP_REWARDS_KEY}",
+            )
         if int(cfg.trainer.get("max_steps") or -1) <= 0:
             raise ConfigError(
                 f"objective={cfg.objective.name} trains for trainer.max_steps iterations (rollout batches); "
@@ -260,6 +277,8 @@ class OnlineObjective(ReferenceObjective):
         self.prompts_per_step = int(cfg.data.batch_size)
         self.seed = int(cfg.seed)
         self.reward = build_reward(cfg.reward, job.registry)
+        if self.step_rewards:
+            check_step_reward_components(self.reward.components, f"objective.{STEP_REWARDS_KEY}")
         clip = cfg.trainer.get("gradient_clip_val")
         self.gradient_clip_val = float(clip) if clip else None
         n = self.prompts_per_step * self.group_size
@@ -400,7 +419,23 @@ class OnlineObjective(ReferenceObjective):
         rollout = _concat(rollouts, tok.pad_token_id)
         completions = decode_responses(tok, rollout)
         scores, parts = self.reward.score(reward_prompts, completions, has_eos=rollout.has_eos.cpu())
-        return rollout, prompts, completions, self.shape_scores(scores, rollout), parts
+        steps = self._step_rewards(rollout, reward_prompts, completions) if self.step_rewards else None
+        return rollout, prompts, completions, self.shape_scores(scores, rollout), parts, steps
+
+    def _step_rewards(self, rollout: Rollout, prompts: list[str], completions: list[str]) -> list[list[tuple[int, float]]]:
+        """Each completion's step rewards (:func:`alignx.rewards.steps.step_rewards_of`), their
+        character offsets turned into response token indices (:func:`step_token_positions`)."""
+        entries = step_rewards_of(
+            self.reward.components, prompts, completions,
+            has_eos=rollout.has_eos.cpu().tolist(), missing_eos_penalty=self.reward.missing_eos_penalty,
+        )
+        ids = rollout.response_ids.cpu()
+        lengths = rollout.response_mask.sum(-1).cpu().tolist()
+        out = []
+        for i, row in enumerate(entries):
+            positions = step_token_positions(self.tokenizer, ids[i, : int(lengths[i])].tolist(), [o for o, _ in row])
+            out.append([(p, r) for p, (_, r) in zip(positions, row)])
+        return out
 
     def _refill(self, step: int, first: Sampled) -> Sampled:
         """DAPO's dynamic sampling: keep the groups whose scores are not all equal and sample the
@@ -435,18 +470,20 @@ class OnlineObjective(ReferenceObjective):
         }
         parts_of = []
         for r_i, k in chosen:
-            rollout, prompts, completions, scores, parts = rounds[r_i]
+            rollout, prompts, completions, scores, parts, steps = rounds[r_i]
             rows = torch.arange(k * g, (k + 1) * g)
             parts_of.append((
                 rollout.select(rows.to(rollout.response_ids.device)), prompts[k * g:(k + 1) * g],
                 completions[k * g:(k + 1) * g], scores[rows.to(scores.device)],
                 {name: v[rows.to(v.device)] for name, v in parts.items()},
+                None if steps is None else steps[k * g:(k + 1) * g],
             ))
         rollout = _concat([p[0] for p in parts_of], self.tokenizer.pad_token_id)
         return (
             rollout, [x for p in parts_of for x in p[1]], [x for p in parts_of for x in p[2]],
             torch.cat([p[3] for p in parts_of]),
             {name: torch.cat([p[4][name] for p in parts_of]) for name in first[4]},
+            None if first[5] is None else [x for p in parts_of for x in p[5]],
         )
 
     @torch.no_grad()
@@ -456,7 +493,7 @@ class OnlineObjective(ReferenceObjective):
         sampled = self._sample_and_score(self.prompt_batch(step), rollout_seed(self.seed, self.global_rank, step), step)
         if self.refill_rounds > 0:
             sampled = self._refill(step, sampled)
-        rollout, prompts, completions, scores, parts = sampled
+        rollout, prompts, completions, scores, parts, steps = sampled
         self._generation_s = time.perf_counter() - t0
         old, ent, ref = [], [], []
         for idx in self._chunks(len(prompts), self.micro_batch_size):
@@ -469,6 +506,9 @@ class OnlineObjective(ReferenceObjective):
                     ref.append(self.response_logps(ref_model, sub))
         old_logps = torch.cat(old)
         check_finite("the policy's log-probabilities of its own samples", old_logps, step, self._checkpoint_hint())
+        data: dict[str, torch.Tensor] = {}
+        if steps is not None:
+            data["step_rewards"], data["step_ends"] = dense_step_rewards(steps, rollout.response_mask.shape, old_logps.device)
         return Experience(
             rollout=rollout,
             prompts=prompts,
@@ -478,6 +518,7 @@ class OnlineObjective(ReferenceObjective):
             old_logps=old_logps,
             ref_logps=torch.cat(ref) if ref else None,
             entropy=torch.cat(ent),
+            data=data,
         )
 
     def sequence_kl(self, exp: Experience, kind: str = "k1") -> torch.Tensor:
@@ -621,10 +662,42 @@ def _concat(rollouts: list[Rollout], pad_id: int) -> Rollout:
     )
 
 
+def step_token_positions(tokenizer: Any, ids: list[int], offsets: list[int]) -> list[int]:
+    """The index in ``ids`` (one response's valid tokens, EOS included) of the token that closes
+    each character ``offset`` of its decoded text: the first token whose decoded prefix is at least
+    ``offset`` characters long. An offset at or past the end of the text is the last token (the EOS
+    when there is one: where an outcome reward goes, as PPO's score)."""
+    if not ids:
+        raise ValueError("a response with no token has no position for a step reward")
+    lengths = [len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+    out = []
+    for offset in offsets:
+        if offset >= lengths[-1]:
+            out.append(len(ids) - 1)
+        else:
+            out.append(next(k for k, n in enumerate(lengths) if n >= offset))
+    return out
+
+
+def dense_step_rewards(
+    steps: list[list[tuple[int, float]]], shape: torch.Size | tuple[int, int], device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per completion ``(token index, reward)`` pairs -> ``(step_rewards [N, R], step_ends [N, R] bool)``:
+    each reward at its token (summed when two share one), 0 and False elsewhere."""
+    rewards = torch.zeros(shape, dtype=torch.float32)
+    ends = torch.zeros(shape, dtype=torch.bool)
+    for i, row in enumerate(steps):
+        for pos, r in row:
+            rewards[i, pos] += float(r)
+            ends[i, pos] = True
+    return rewards.to(device), ends.to(device)
+
+
 def masked_seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over sequences of the per-sequence token mean (GRPO's view of a per-token quantity)."""
     m = mask.to(x.dtype)
     return (zero_masked(x, mask).sum(-1) / m.sum(-1).clamp(min=1)).mean()
 
 
-__all__ = ["OnlineObjective", "Experience", "TrainingDiverged", "check_finite", "masked_mean", "masked_seq_mean"]
+__all__ = ["OnlineObjective", "Experience", "STEP_REWARDS_KEY", "TrainingDiverged", "check_finite", "dense_step_rewards",
+           "masked_mean", "masked_seq_mean", "step_token_positions"]

@@ -12,7 +12,8 @@ which states each one with its formula), and where each lives:
 6.   per-token ``-β·KL_t`` (``objective.kl_estimator`` k1 | k3) plus the score at the last token:
      :func:`~alignx.ops.rl.per_token_rewards`, the score first normalised over the batch
      (``score_norm``: :func:`~alignx.ops.rl.normalize_scores`; why: ``docs/online_rl.md``,
-     "Why PPO centres its scores")
+     "Why PPO centres its scores"); with ``objective.step_rewards`` each step's reward at the step's
+     last token instead (:func:`~alignx.losses.policy_gradient.per_token_step_rewards`)
 7.   optional reward whitening (``whiten_rewards``), advantage whitening always: ``masked_whiten``
 8.   GAE (``gamma``, ``lam``): :func:`~alignx.ops.rl.gae`
 9/10. clipped policy and value losses, ``vf_coef``: :mod:`alignx.losses.policy_gradient`
@@ -37,7 +38,7 @@ import torch
 from alignx.data.batching import collate_sft
 from alignx.errors import ConfigError, ModelLoadError
 from alignx.generation import Rollout, position_ids
-from alignx.losses.policy_gradient import clipped_policy_loss, clipped_value_loss
+from alignx.losses.policy_gradient import clipped_policy_loss, clipped_value_loss, per_token_step_rewards
 from alignx.models.adapters import is_peft
 from alignx.models.heads import add_reward_head, zero_head
 from alignx.rewards import reward_model_paths
@@ -46,6 +47,7 @@ from alignx.models.packing import pack, packed
 from alignx.objectives.base import JobContext
 from alignx.objectives.online import (
     ONLINE_KEYS,
+    STEP_REWARDS_KEY,
     Experience,
     OnlineObjective,
     check_finite,
@@ -72,7 +74,7 @@ class PPO(OnlineObjective):
     name: ClassVar[str] = "ppo"
     config_keys: ClassVar[frozenset[str]] = ONLINE_KEYS | {
         "gamma", "lam", "vf_coef", "value_clip_range", "whiten_rewards", "adaptive_kl", "kl_target",
-        "kl_horizon", "value_model", "ptx_coef", "score_norm",
+        "kl_horizon", "value_model", "ptx_coef", "score_norm", STEP_REWARDS_KEY,
     }
     progress_keys = ("objective/scores", "objective/kl")
 
@@ -177,8 +179,14 @@ class PPO(OnlineObjective):
             kl = zero_masked(kl_estimate(exp.old_logps, exp.ref_logps, self.kl_estimator), mask)
             beta = self.kl_ctl.value
             # the score as the returns see it (objective/scores keeps logging the raw one)
-            scores = normalize_scores(exp.scores, str(self.opt("score_norm")))
-            rewards, non_score = per_token_rewards(scores, kl, mask, beta)
+            if self.step_rewards:
+                # process supervision: each step's reward at its last token (normalised over the batch's steps)
+                rewards, non_score = per_token_step_rewards(
+                    exp.data["step_rewards"], exp.data["step_ends"], kl, mask, beta, str(self.opt("score_norm")),
+                )
+            else:
+                scores = normalize_scores(exp.scores, str(self.opt("score_norm")))
+                rewards, non_score = per_token_rewards(scores, kl, mask, beta)
             if bool(self.opt("whiten_rewards")):
                 rewards = masked_whiten(rewards, mask, shift_mean=False)
             advantages, returns = gae(rewards, values, mask, float(self.opt("gamma")), float(self.opt("lam")))

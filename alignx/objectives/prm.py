@@ -9,9 +9,11 @@ against its label (:func:`~alignx.losses.process_reward.step_bce_loss`). Logged 
 ``max(p, 1 - p)``) and ``steps``.
 
 The saved model is a plain ``AutoModelForSequenceClassification`` (num_labels=1) like the RM's.
-To score the steps of a solution later (PRM-guided best-of-N, step-level rewards), use
-:func:`step_scores` with the same separator: it encodes exactly as training did (a plain-string
-prompt, no chat template) and returns ``σ(s)`` per step, the probability that the step is correct.
+To score the steps of a solution later, use :func:`~alignx.rewards.steps.step_scores` with the same
+separator (recorded in the saved config as ``alignx_step_separator``): it encodes exactly as
+training did (a plain-string prompt, no chat template) and returns ``σ(s)`` per step, the
+probability that the step is correct. The ``prm`` reward (step-level rewards for online RL) and
+``eval.prm`` (PRM-guided best-of-N) read a saved PRM that way.
 """
 
 from __future__ import annotations
@@ -33,26 +35,10 @@ from alignx.losses.process_reward import NOT_A_STEP, step_bce_loss
 from alignx.models.heads import add_reward_head, token_values
 from alignx.objectives.base import Objective
 from alignx.objectives.dpo import required
+from alignx.rewards.steps import SEPARATOR_ATTR, encode_step_tokens, step_scores
 
 #: the keys encode reads (defaults in conf/objective/prm.yaml)
 PRM_KEYS = frozenset({"step_separator"})
-
-
-def encode_step_tokens(steps: Sequence[str], tokenizer: Any, separator: str) -> tuple[list[int], list[int]]:
-    """(completion ids, index in them of each step's last token) for ``steps`` after a prompt.
-
-    Each step is tokenised on its own (the separator before it, from the second step on), so a
-    step's end is a token boundary whatever the tokenizer merges.
-    """
-    ids: list[int] = []
-    ends: list[int] = []
-    for i, step in enumerate(steps):
-        piece = list(tokenizer((separator if i else "") + step, add_special_tokens=False)["input_ids"])
-        if not piece:
-            raise ValueError(f"step {i + 1} ({step!r}) tokenises to nothing")
-        ids.extend(piece)
-        ends.append(len(ids) - 1)
-    return ids, ends
 
 
 def encode_steps_row(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[str, Any], separator: str) -> tuple[dict | None, str]:
@@ -79,22 +65,6 @@ def encode_steps_row(row: Mapping[str, Any], tokenizer: Any, data_cfg: Mapping[s
     return {"input_ids": p_ids + c_ids, "labels": labels}, status
 
 
-@torch.no_grad()
-def step_scores(model: torch.nn.Module, tokenizer: Any, prompt: str, steps: Sequence[str], *, separator: str) -> list[float]:
-    """The probability that each of ``steps`` is correct, per a trained PRM (a sequence classifier
-    with one label, e.g. ``AutoModelForSequenceClassification.from_pretrained(<prm dir>)``).
-
-    ``prompt`` is plain text (no chat template), encoded as training encoded it; ``separator`` must
-    be the ``objective.step_separator`` the PRM was trained with. Returns ``σ(s)`` per step, in order.
-    """
-    p_ids = encode_prompt(prompt, tokenizer, templated=False)
-    c_ids, ends = encode_step_tokens(steps, tokenizer, separator)
-    device = next(model.parameters()).device
-    ids = torch.tensor([p_ids + c_ids], device=device)
-    values = token_values(model, ids, torch.ones_like(ids))[0].float()
-    return torch.sigmoid(values[[len(p_ids) + e for e in ends]]).tolist()
-
-
 class ProcessRewardModel(Objective):
     """A process reward model: BCE on the scalar head at each step's last token (module docstring)."""
 
@@ -115,7 +85,11 @@ class ProcessRewardModel(Objective):
 
     @classmethod
     def prepare_model(cls, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any]) -> torch.nn.Module:
-        return add_reward_head(model, tokenizer)
+        """The RM's scalar head; the separator is recorded in the config (saved with the model), so
+        the ``prm`` reward and ``eval.prm`` split and encode steps as training did."""
+        prm = add_reward_head(model, tokenizer)
+        setattr(prm.config, SEPARATOR_ATTR, str(cfg["step_separator"]))
+        return prm
 
     @classmethod
     def encode(
@@ -134,3 +108,6 @@ class ProcessRewardModel(Objective):
     def loss_weight(self, batch: Mapping[str, torch.Tensor], metrics: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The loss is a mean over the batch's labelled steps."""
         return metrics["steps"]
+
+
+__all__ = ["ProcessRewardModel", "encode_step_tokens", "encode_steps_row", "step_scores"]

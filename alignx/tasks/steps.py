@@ -84,6 +84,44 @@ def split_steps(completion: str) -> list[str]:
     return [s.strip() for s in body.split(STEP_SEPARATOR.strip()) if s.strip()]
 
 
+def step_spans(completion: str) -> list[tuple[str, int]]:
+    """The steps of a completion with where each ends: ``(step, offset just past its last character)``.
+
+    The steps are exactly :func:`split_steps`'s; the offsets index ``completion``, so a reward can
+    be placed on the token that closes each step: ``"3+4=7; 7-1=6. Answer: 6"`` ->
+    ``[("3+4=7", 5), ("7-1=6", 12)]``.
+    """
+    cut = completion.find(ANSWER_PREFIX.strip())
+    body = completion if cut < 0 else completion[:cut]
+    pieces = body.split(STEP_SEPARATOR.strip())
+    out: list[tuple[str, int]] = []
+    start = 0
+    for i, piece in enumerate(pieces):
+        text = piece.rstrip()
+        if i == len(pieces) - 1:
+            text = text.removesuffix(".")  # the full stop before "Answer:" (split_steps drops it too)
+        step = text.strip()
+        if step:
+            out.append((step, start + len(text.rstrip())))
+        start += len(piece) + len(STEP_SEPARATOR.strip())
+    return out
+
+
+def process_rewards(prompt: str, completion: str) -> list[tuple[int, float]]:
+    """The gold process reward of a completion: ``(offset, reward)`` per step and for the answer.
+
+    Each step of :func:`step_spans` scores 1.0 if :func:`verify_steps` accepts it, else 0.0, at the
+    offset where it ends; the final answer (:func:`final_answer_reward`) scores at the end of the
+    completion (offset ``len(completion)``), so a solution with right steps and a wrong answer is
+    not rewarded as a right one. A completion with no step gets only the answer's entry.
+    """
+    spans = step_spans(completion)
+    ok = verify_steps(prompt, [s for s, _ in spans])
+    return [(end, float(good)) for (_, end), good in zip(spans, ok)] + [
+        (len(completion), final_answer_reward(prompt, completion))
+    ]
+
+
 def verify_steps(prompt: str, steps: Sequence[str]) -> list[bool]:
     """Which of ``steps`` are correct, one bool per step (pure).
 
