@@ -164,10 +164,11 @@ def load_mixture(cfg: Mapping, kind: str, split: str, seed: int) -> SplitRows:
     task = cfg.get("task")
     other = {name: n["task"] for name, n in nodes.items() if n.get("task") not in (None, task)}
     if task is not None and other:
-        # evaluation scores every held-out sample with one gold reward: another task's rows would crash it
+        # dataset.task names the reward of every source without a task of its own: a source of another task contradicts it
         raise ConfigError(
             f"dataset.task={task} scores evaluation samples with that task's gold reward, but the mixture's sources "
-            f"{other} are other tasks; set dataset.task=null (perplexity only) or mix sources of task {task} only"
+            f"{other} are other tasks; set dataset.task=null (each source is then scored by its own task) or mix "
+            f"sources of task {task} only"
         )
     weights = source_weights(cfg)
     cap = cfg.get("mixing_cap")
