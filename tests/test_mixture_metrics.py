@@ -49,6 +49,8 @@ def test_items_carry_their_rows_source(sft):
     _, items, _ = sft
     assert source_names(items) == ("math", "sent")
     assert {it["source"] for it in items} == {"math", "sent"} and len(items) == 12
+    # items an objective rebuilt without their source (CoH's prepare_items): no per-source batches at all
+    assert source_names(items, [{"input_ids": [1], "labels": [1]}]) == () and source_names([]) == ()
 
 
 def test_per_source_loss_equals_the_loss_of_those_rows_alone(sft):

@@ -110,8 +110,12 @@ def collate_ranked_lm(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[s
 
 
 def source_names(*item_lists: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The sources the items came from (their ``source``, a dataset mixture's row column), sorted; () for none."""
-    return tuple(sorted({str(it["source"]) for items in item_lists for it in items if "source" in it}))
+    """The sources the items came from (their ``source``, a dataset mixture's row column), sorted;
+    () unless every item carries one (an objective's ``prepare_items`` may build items without it)."""
+    items = [it for items in item_lists for it in items]
+    if not items or not all("source" in it for it in items):
+        return ()
+    return tuple(sorted({str(it["source"]) for it in items}))
 
 
 def collate_with_sources(
