@@ -24,6 +24,7 @@ from alignx.evaluation.sources import SourceReward, row_sources, source_reward
 from alignx.job import build_policy
 from alignx.job.build import build_objective
 from alignx.objectives.base import ROW_LOSS, RowLoss
+from alignx.objectives.dpo import DPO
 from alignx.objectives.sft import SFT
 from alignx.registry import load_plugins
 from alignx.train import train
@@ -199,3 +200,30 @@ def test_a_mixed_job_gold_scores_each_source_by_its_own_task(mixed_job):
         bs = int(cfg.data.eval_batch_size)
         batches = [collate_sft(items[i : i + bs], tokenizer.pad_token_id) for i in range(0, len(items), bs)]
         assert m[f"eval/{name}/perplexity"] == pytest.approx(perplexity(model, batches), rel=1e-5)
+
+
+def test_dpo_per_source_loss_equals_the_loss_of_those_pairs_alone(tmp_path):
+    """DPO declares per_row_loss: each source's logged loss is the mean loss of its pairs alone."""
+    cfg = compose(fast(*MIX, "objective=dpo", "tracking=none", f"output_dir={tmp_path}", f"outputs_root={tmp_path}"))
+    model, tokenizer, _ = build_policy(cfg, load_plugins(), tmp_path, DPO)
+    objective = build_objective(cfg, DPO, model, tokenizer, 16)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy off its reference: the pair losses are not all ln 2
+        for p in objective.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    objective.model.eval()
+    items, _, _ = encode_split(DPO, load_mixture(cfg.dataset, "pairs", "train", 0)[:12], tokenizer, cfg.data,
+                               objective_cfg=cfg.objective)
+    objective.source_names = source_names(items)
+    collate = DPO.collate_fn(tokenizer)
+    batch = collate_with_sources(collate, {"math": 0, "sent": 1}, items)
+    with torch.no_grad():
+        loss, metrics = objective.step(batch)
+        per = objective.source_losses(metrics.pop(ROW_LOSS), batch[SOURCE_INDEX])
+        n = {}
+        for name in ("math", "sent"):
+            own = [it for it in items if it["source"] == name]
+            n[name] = len(own)
+            assert n[name] > 0
+            assert float(per[name]) == pytest.approx(float(objective.step(collate(own))[0]), rel=1e-5)
+    assert float(loss) == pytest.approx(sum(float(per[k]) * n[k] for k in n) / sum(n.values()), rel=1e-5)

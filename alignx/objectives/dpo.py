@@ -13,12 +13,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from alignx.data.batching import collate_pairs
+from alignx.data.batching import SOURCE_INDEX, collate_pairs
 from alignx.data.tokenize import encode_pair
 from alignx.errors import ConfigError, PluginError
 from alignx.losses.dpo_family import PreferenceInputs, PreferenceLoss
 from alignx.losses.preference import preference_metrics
-from alignx.objectives.base import ReferenceObjective
+from alignx.objectives.base import ROW_LOSS, ReferenceObjective, RowLoss
 from alignx.registry import load_plugins
 
 
@@ -69,6 +69,8 @@ class DPO(ReferenceObjective):
     )
     #: the node also holds the options of the selected preference loss (its keyword parameters)
     option_keys_from: ClassVar[Mapping[str, str]] = {"loss": "preference_loss"}
+    #: a mixture's pairs log train/loss/<source> (each pair weighs 1, as in the batch mean)
+    per_row_loss: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any], **kwargs: Any) -> None:
         self.loss_type = str(required(cfg, ["loss"], "the preference loss")["loss"])
@@ -132,7 +134,9 @@ class DPO(ReferenceObjective):
             chosen_nll=nll,
         )
         losses, chosen_r, rejected_r = spec(inputs, self.loss_options)
-        metrics: dict[str, torch.Tensor] = {}
+        metrics: dict[str, Any] = {}
+        if SOURCE_INDEX in batch:
+            metrics[ROW_LOSS] = RowLoss(losses.detach(), torch.ones_like(losses))
         if nll is not None:
             metrics["nll"] = nll.mean().detach()
         means = policy.logits_mean
