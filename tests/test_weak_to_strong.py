@@ -138,19 +138,24 @@ def _read(path):
 
 
 def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tmp_path):
-    """experiment=weak_to_strong with FAST sizes: 48 gold pairs for the weak model, the other 48 labelled
-    by it; the ceiling and the student (the job's model) train on the gold and the weak labels of those
-    48 rows; all four runs nested under the job's run, PGR on it."""
+    """experiment=weak_to_strong with FAST sizes: the job's model pretrained by 6 SFT steps, 48 gold pairs
+    for the weak model, the other 48 labelled by it; the ceiling and the student (reward heads on the
+    pretrained model) train on the gold and the weak labels of those 48 rows; all five runs nested
+    under the job's run, PGR on it."""
     ov = fast("experiment=weak_to_strong", "pipeline.weak_rows=48", "objective.aux_confidence_warmup=0.5",
-              f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}")
+              "pipeline.pretrain_steps=6", f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}")
     job = run_pipeline(compose(ov), ov)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert job.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = client.get_run(job.run_id)
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{job.run_id}'")
     runs = {r.data.tags["alignx.stage"]: r for r in children}
-    assert parent.info.status == "FINISHED" and parent.data.tags["alignx.stages"] == "weak -> labels -> ceiling -> student"
-    assert set(runs) == {"weak", "labels", "ceiling", "student"} and all(r.info.status == "FINISHED" for r in children)
+    assert parent.data.tags["alignx.stages"] == "pretrain -> weak -> labels -> ceiling -> student"
+    assert parent.info.status == "FINISHED"
+    assert set(runs) == {"pretrain", "weak", "labels", "ceiling", "student"} and all(r.info.status == "FINISHED" for r in children)
+    # the pretrain stage is SFT of the job's model at its own steps; the weak model starts from random weights
+    assert runs["pretrain"].data.params["objective.name"] == "sft" and runs["pretrain"].data.params["trainer.max_steps"] == "6"
+    assert runs["weak"].data.params["model.name"] == "tiny" and runs["weak"].data.params["objective.name"] == "rm"
     assert runs["labels"].data.tags["alignx.stage_kind"] == "label"
 
     # PGR on the parent, from the three models' held-out pair accuracy
@@ -181,7 +186,10 @@ def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tm
         agree += row["chosen"] == g["chosen"]
     assert runs["labels"].data.metrics["label/agreement"] == pytest.approx(agree / 48)
 
-    # the ceiling learns from the gold labels, the student from the weak ones with alpha ramped over 3 of 6 steps
+    # both strong models are a reward head on the pretrained model; the ceiling learns from the gold
+    # labels, the student from the weak ones with alpha ramped over 3 of 6 steps
+    pretrained = str(job.stages["pretrain"].model_dir)
+    assert runs["ceiling"].data.params["model.name_or_path"] == pretrained == runs["student"].data.params["model.name_or_path"]
     assert runs["ceiling"].data.params["dataset.path"] == str(stage_dir / "gold.jsonl")
     assert runs["student"].data.params["dataset.path"] == str(stage_dir / "data.jsonl")
     assert runs["student"].data.params["dataset.test_path"] == str(stage_dir / "test.jsonl")
@@ -192,7 +200,7 @@ def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tm
 
     # a second run reuses every stage, the label stage's sibling files included
     again = fast("experiment=weak_to_strong", "pipeline.weak_rows=48", "objective.aux_confidence_warmup=0.5",
-                 f"output_dir={tmp_path / 'again'}", f"outputs_root={tmp_path}")
+                 "pipeline.pretrain_steps=6", f"output_dir={tmp_path / 'again'}", f"outputs_root={tmp_path}")
     second = run_pipeline(compose(again), again)
-    assert second.metrics["pipeline/cache_hits"] == 4
+    assert second.metrics["pipeline/cache_hits"] == 5
     assert second.metrics.get("eval/pgr") == job.metrics.get("eval/pgr")
