@@ -150,11 +150,11 @@ class GRPO(OnlineObjective):
 
     def group_baseline(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages [N], per-group reward std [N / G]); with ``step_rewards``, per-token
-        advantages [N, R] from the group-normalised step rewards (:func:`process_advantages`)."""
+        advantages [N, R] from the group-normalised step rewards and their per-group std
+        (:func:`process_advantages`)."""
         if self.step_rewards:
-            advantages, _ = process_advantages(exp.data["step_rewards"], exp.data["step_ends"], exp.mask,
-                                               self.group_size, self.scale)
-            return advantages, group_advantages(exp.scores, self.group_size, "none")[1]
+            # the std is that of the group's step rewards, which the advantages are made of
+            return process_advantages(exp.data["step_rewards"], exp.data["step_ends"], exp.mask, self.group_size, self.scale)
         return group_advantages(exp.scores, self.group_size, self.scale)
 
     def kl_in_loss(self) -> bool:
@@ -162,8 +162,10 @@ class GRPO(OnlineObjective):
 
     def compute_advantages(self, exp: Experience) -> dict[str, float]:
         with torch.no_grad():
-            advantages, _ = self.group_baseline(exp)
-            _, std = group_advantages(exp.scores, self.group_size, "none")
+            advantages, baseline_std = self.group_baseline(exp)
+            # reward_std / frac_reward_zero_std: the spread of what the advantages are made of (the
+            # scores; with step_rewards, each group's step rewards)
+            std = baseline_std if self.step_rewards else group_advantages(exp.scores, self.group_size, "none")[1]
             exp.data["advantages"] = advantages
             metrics = {
                 "reward": float(exp.scores.mean()),
