@@ -147,6 +147,7 @@ def test_a_job_reports_its_benchmarks(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("eval.benchmarks=[arithmetic_choise]", "unknown benchmark 'arithmetic_choise'"),
     ("eval.judge={tmp}/no_judge", "no_judge' does not exist"),
+    ("eval.prm={tmp}/no_prm", "no_prm' does not exist: give the directory of a saved objective=prm model"),
 ])
 def test_a_training_job_refuses_a_bad_benchmark_or_judge_before_training(tmp_path, override, message):
     """Found before any training, not by the end-of-job evaluation: nothing is written."""

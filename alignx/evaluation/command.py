@@ -17,6 +17,7 @@ from alignx.data.rows import load_rows
 from alignx.errors import ConfigError
 from alignx.evaluation.benchmarks import check_benchmark_names
 from alignx.evaluation.judge import check_judge
+from alignx.evaluation.prm_best_of_n import check_prm_eval
 from alignx.evaluation.suite import evaluate
 from alignx.models.heads import is_reward_model
 from alignx.models.loading import build_hf
@@ -49,6 +50,7 @@ def evaluate_model(
     # before loading anything: an unknown benchmark or a judge that is not a model directory
     check_benchmark_names(cfg.eval, registry)
     check_judge(cfg.eval)
+    check_prm_eval(cfg.eval)
     model, tokenizer = _load_any(cfg.model)
     objective_cls = registry.get("objective", "rm" if is_reward_model(model) else "sft")
     kind = objective_cls.test_kind(cfg)

@@ -21,6 +21,7 @@ from alignx.config import validate
 from alignx.data.rows import encode_split, load_auxiliary_rows, load_rows
 from alignx.errors import DataError, JobInterrupted
 from alignx.evaluation.judge import check_judge
+from alignx.evaluation.prm_best_of_n import check_prm_eval
 from alignx.evaluation.suite import StartingModel, evaluate
 from alignx.job.build import build_objective, build_policy, build_trainer, is_rank_zero
 from alignx.job.outputs import data_metrics, record_config, save_outputs
@@ -117,6 +118,7 @@ def plan_job(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
     check_judge(cfg.eval)  # before training, not when the end-of-job evaluation loads it
+    check_prm_eval(cfg.eval)
     output_dir, outputs_root = resolve_paths(cfg)
     plan = Plan(cfg, registry, objective_cls, output_dir, outputs_root,
                 list(overrides) if overrides is not None else hydra_overrides())
