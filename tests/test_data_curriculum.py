@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from conftest import fast
 
 from alignx.config import compose, validate
 from alignx.data.batching import BucketBatchSampler, collate_sft
@@ -12,6 +14,7 @@ from alignx.data.curriculum import (
     length_difficulty,
     reward_difficulty,
 )
+from alignx.data.target_loss import target_nll
 from alignx.data.module import AlignDataModule
 from alignx.data.rows import load_rows
 from alignx.errors import ConfigError
@@ -121,10 +124,91 @@ def test_reward_curriculum_of_a_mixture_scores_each_row_with_its_source_task():
 
 
 def test_unknown_curriculum_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"data\.curriculum.*none.*length.*reward"):
-        validate(compose(["data.curriculum=loss"]))
-    with pytest.raises(ConfigError, match=r"data\.curriculum=loss is not a curriculum; valid: none, length, reward"):
-        apply_curriculum([], "loss", SENTIMENT, load_plugins(), 0)
+    with pytest.raises(ConfigError, match=r"data\.curriculum.*none.*length.*reward.*loss"):
+        validate(compose(["data.curriculum=lossy"]))
+    with pytest.raises(ConfigError, match=r"data\.curriculum=lossy is not a curriculum; valid: none, length, reward, loss"):
+        apply_curriculum([], "lossy", SENTIMENT, load_plugins(), 0)
+
+
+def _tiny_lm():
+    from alignx.models.loading import build_llama
+
+    cfg = compose(fast())
+    torch.manual_seed(0)
+    model, tok = build_llama(cfg.model)
+    return cfg, model.eval(), tok
+
+
+def test_target_nll_is_the_mean_token_nll_of_each_rows_training_target():
+    """Checked against a plain forward pass: prompt ids + target ids + EOS, mean NLL over the target's
+    tokens (EOS included); the target is the completion, the chosen side, or the best-ranked one."""
+    cfg, model, tok = _tiny_lm()
+    rows = [{"prompt": "Review: ", "completion": " great fun"},
+            {"prompt": "Say", "chosen": " yes", "rejected": " no no no"},
+            {"prompt": "Q", "completions": [" worst", " best"], "ranks": [1, 0]}]
+
+    def by_hand(prompt, target):
+        p = tok(prompt)["input_ids"]
+        c = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p + c])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        positions = range(len(p) - 1, len(p) + len(c) - 1)
+        return -sum(float(logp[i, ids[0, i + 1]]) for i in positions) / len(c)
+
+    got = target_nll(rows, model, tok, cfg.data, batch_size=2)
+    want = [by_hand("Review: ", " great fun"), by_hand("Say", " yes"), by_hand("Q", " best")]
+    assert got == pytest.approx(want, rel=1e-4)
+    # a target that cannot fit is scored last, as training will drop it
+    long = {"prompt": "x", "completion": " y" * 400}
+    assert target_nll([long], model, tok, {**cfg.data, "max_length": 16, "truncation": "drop"}) == [float("inf")]
+    with pytest.raises(ConfigError, match="data.curriculum=loss scores a row's training target, and this row has none"):
+        target_nll([{"prompt": "only"}], model, tok, cfg.data)
+
+
+def test_loss_curriculum_orders_rows_by_the_scores_it_is_given():
+    rows = [{"prompt": "a", "completion": str(i)} for i in range(4)]
+    out = apply_curriculum(rows, "loss", SENTIMENT, load_plugins(), 0, loss_scores=lambda r: [3.0, 0.5, 2.0, 1.0])
+    assert [r["completion"] for r in out] == ["1", "3", "2", "0"]
+
+
+def test_a_job_with_the_loss_curriculum_trains_on_rows_ordered_by_its_starting_models_loss(tmp_path, monkeypatch):
+    """The job scores the train rows with the model it starts from (before any step) and hands the
+    trainer its items in that order. A spy on the objective's real ``datamodule`` records the items."""
+    from alignx.data.rows import encode_split
+    from alignx.job import build_policy
+    from alignx.objectives.sft import SFT
+    from alignx.train import train
+
+    cfg = compose(fast("data.curriculum=loss", "trainer.max_steps=2", "tracking=none", "eval.enabled=false",
+                       f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}"))
+    registry = load_plugins()
+    rows = load_rows(cfg, registry, "sft", "sft")["train"]
+    model, tok, _ = build_policy(cfg, registry, tmp_path / "probe", SFT)  # the same seeded start the job builds
+    scores = target_nll(rows, model, tok, cfg.data)
+    assert scores != sorted(scores)  # loaded order is not already the curriculum's
+    expected, _, _ = encode_split(SFT, [rows[i] for i in curriculum_order(scores, int(cfg.seed))], tok, cfg.data)
+
+    seen = []
+    real = SFT.datamodule.__func__
+
+    def spy(cls, train_items, *args, **kwargs):
+        seen.append([item["input_ids"] for item in train_items])
+        return real(cls, train_items, *args, **kwargs)
+
+    monkeypatch.setattr(SFT, "datamodule", classmethod(spy))
+    train(cfg)
+    assert seen and seen[0] == [item["input_ids"] for item in expected]
+
+
+def test_the_loss_curriculum_refuses_a_reward_model_before_any_work(tmp_path):
+    from alignx.train import train
+
+    out = tmp_path / "job"
+    with pytest.raises(ConfigError, match=r"data\.curriculum=loss orders rows by the starting model's token loss, and "
+                                          r"objective=rm trains a scorer with no token loss"):
+        train(compose(fast("objective=rm", "data.curriculum=loss", f"output_dir={out}", f"outputs_root={tmp_path / 'root'}")))
+    assert not out.exists() and not (tmp_path / "root" / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("curriculum", ["none", "length"])

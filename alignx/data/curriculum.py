@@ -5,6 +5,12 @@ Scores (:data:`CURRICULA`; lower = easier):
 * ``none``: no curriculum; batches come in the usual shuffled, length-bucketed order;
 * ``length``: the characters of the row's text -- the prompt plus its longest completion
   (:func:`length_difficulty`): short rows first;
+* ``loss``: the starting model's mean NLL per token of the row's training target
+  (:func:`alignx.data.target_loss.target_nll`: the completion of a demonstration, the chosen side of a pair, the
+  best-ranked completion, the final assistant turn), tokenised exactly as training will see it:
+  what the model already predicts well comes first. It needs the starting model, so the job
+  orders the train split after building it (one no-grad forward pass over the train rows), and
+  only for objectives that train a policy (a reward model has no token loss to read);
 * ``reward``: how clear the task's gold reward says the row is (:func:`reward_difficulty`):
   for a demonstration (sft, unpaired, rated rows) ``1 - gold(prompt, completion)``, so the best
   demonstrations come first; for a comparison (pairs, ranked) ``-(gold(best) - gold(worst))``, so
@@ -31,10 +37,14 @@ from alignx.errors import ConfigError
 from alignx.registry import Registry
 
 #: values of ``data.curriculum``
-CURRICULA = ("none", "length", "reward")
+CURRICULA = ("none", "length", "reward", "loss")
+#: curricula scored by the starting model: the job applies them once the model is built
+MODEL_CURRICULA = ("loss",)
 
 #: (prompts, completions) -> gold rewards in [0, 1]
 GoldReward = Callable[[Sequence[str], Sequence[str]], list[float]]
+#: train rows -> the starting model's mean NLL per target token of each (``data.curriculum=loss``)
+LossScorer = Callable[[Sequence[Mapping[str, Any]]], list[float]]
 
 
 def _text(value: Any) -> str:
@@ -85,6 +95,18 @@ def reward_difficulty(row: Mapping[str, Any], gold: GoldReward) -> float:
     return 1.0 - scores[0]
 
 
+def training_target(row: Mapping[str, Any]) -> str | None:
+    """The completion a row trains the policy towards: ``completion``, ``chosen``, the best-ranked of
+    ``completions`` (rank 0 is best), or the final assistant turn of ``messages``."""
+    if isinstance(row.get("chosen"), str):
+        return row["chosen"]
+    if row.get("completions"):
+        ranks = list(row["ranks"])
+        return str(row["completions"][ranks.index(min(ranks))])
+    completions = completions_of(row)
+    return completions[0] if completions else None
+
+
 def curriculum_order(scores: Sequence[float], seed: int) -> list[int]:
     """Row indices from the lowest score to the highest; equal scores in a seeded random order."""
     order = list(range(len(scores)))
@@ -118,14 +140,22 @@ def gold_rewards(rows: Sequence[Mapping[str, Any]], dataset_cfg: Mapping[str, An
     return out
 
 
-def apply_curriculum(rows: Sequence[dict], curriculum: str, dataset_cfg: Mapping[str, Any], registry: Registry, seed: int) -> Sequence[dict]:
-    """The train ``rows`` in curriculum order (see the module docstring); ``none`` returns them as they are."""
+def apply_curriculum(
+    rows: Sequence[dict], curriculum: str, dataset_cfg: Mapping[str, Any], registry: Registry, seed: int,
+    loss_scores: LossScorer | None = None,
+) -> Sequence[dict]:
+    """The train ``rows`` in curriculum order (see the module docstring); ``none`` returns them as they are.
+    ``loss_scores`` (the starting model's :func:`alignx.data.target_loss.target_nll`) is required by ``loss``."""
     if curriculum not in CURRICULA:
         raise ConfigError(f"data.curriculum={curriculum} is not a curriculum; valid: {', '.join(CURRICULA)}")
     if curriculum == "none":
         return rows
     if curriculum == "length":
         scores = [length_difficulty(r) for r in rows]
+    elif curriculum == "loss":
+        if loss_scores is None:
+            raise ValueError("data.curriculum=loss needs the starting model's loss_scores")
+        scores = loss_scores(rows)
     else:
         golds = gold_rewards(rows, dataset_cfg, registry)
         scores = [reward_difficulty(r, g) for r, g in zip(rows, golds)]

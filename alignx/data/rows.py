@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from omegaconf import OmegaConf
 
 from alignx.data.cache import ENCODING_KEYS, cache_key, cached_encode, encoder_code
-from alignx.data.curriculum import apply_curriculum
+from alignx.data.curriculum import MODEL_CURRICULA, apply_curriculum
 from alignx.data.formats import collect_invalid_rows
 from alignx.data.mixture import source_counts
 from alignx.data.quality import filter_rows, inject_low_quality
@@ -63,7 +63,8 @@ def load_rows(cfg: Any, registry: Registry, kind: str, test_kind: str | None = "
     rows = apply_template(rows, cfg.template if "template" in cfg else None, seed)
     rows["train"] = filter_rows(rows["train"], str(cfg.data.filter), float(cfg.data.keep_fraction), cfg, registry, seed,
                                 job_reward=lambda: build_reward(cfg.reward, registry))
-    rows["train"] = apply_curriculum(rows["train"], str(cfg.data.curriculum), cfg.dataset, registry, seed)
+    if str(cfg.data.curriculum) not in MODEL_CURRICULA:  # those need the starting model: the job orders them
+        rows["train"] = apply_curriculum(rows["train"], str(cfg.data.curriculum), cfg.dataset, registry, seed)
     for split in rows:
         if invalid.count(split):
             log.warning("data %s: %s (data.invalid_rows=drop)", split, invalid.summary(split))

@@ -18,8 +18,10 @@ import lightning as L
 from omegaconf import DictConfig
 
 from alignx.config import validate
+from alignx.data.curriculum import MODEL_CURRICULA, apply_curriculum
 from alignx.data.rows import encode_split, load_auxiliary_rows, load_rows
-from alignx.errors import DataError, JobInterrupted
+from alignx.data.target_loss import target_nll
+from alignx.errors import ConfigError, DataError, JobInterrupted
 from alignx.evaluation.judge import check_judge
 from alignx.evaluation.prm_best_of_n import check_prm_eval
 from alignx.evaluation.suite import StartingModel, evaluate
@@ -83,6 +85,10 @@ def train(
     model, tokenizer, base_dir = build_policy(cfg, plan.registry, plan.output_dir, plan.objective_cls)
     # what evaluation compares the trained policy with, recorded before any step
     start = StartingModel(cfg, plan.registry, plan.objective_cls, model)
+    if str(cfg.data.curriculum) in MODEL_CURRICULA:
+        log.info("data.curriculum=%s: scoring %d training rows with the starting model", cfg.data.curriculum, len(rows["train"]))
+        rows["train"] = apply_curriculum(rows["train"], str(cfg.data.curriculum), cfg.dataset, plan.registry, int(cfg.seed),
+                                         loss_scores=lambda r: target_nll(r, model, tokenizer, cfg.data))
     data = encode_data(plan, rows, tokenizer)
     tracker = open_run(plan, parent_run_id=parent_run_id, run_name=run_name, extra_tags=extra_tags)
     job = Job(output_dir=plan.output_dir, run_id=tracker.run_id, tracking_uri=tracker.uri, rank_zero=is_rank_zero(),
@@ -117,6 +123,9 @@ def plan_job(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     for group in ("model", "adapter"):
         registry.get(group, str(cfg[group].get("kind", cfg[group].name)))
     registry.get("dataset", str(cfg.dataset.source))
+    if str(cfg.data.curriculum) in MODEL_CURRICULA and not objective_cls.generates_text:
+        raise ConfigError(f"data.curriculum={cfg.data.curriculum} orders rows by the starting model's token loss, and "
+                          f"objective={cfg.objective.name} trains a scorer with no token loss: use data.curriculum=length or reward")
     check_judge(cfg.eval)  # before training, not when the end-of-job evaluation loads it
     check_prm_eval(cfg.eval)
     output_dir, outputs_root = resolve_paths(cfg)
