@@ -306,7 +306,10 @@ NOTES = [
      "`ppo_sentiment` at 16 prompts per "
      "iteration, 8 per optimizer step. Rejected there: `ppo_rm` at 12 iterations, lr 1.5e-4 "
      "(seed 1: sampled gold 0.014 below the SFT model's, greedy no gain); `kto` at 60 steps, lr 1.5e-4 (seed 1: "
-     "sampled gain +0.005 against the 0.03 bar)."),
+     "sampled gain +0.005 against the 0.03 bar). `ppo_rm` at the test's own settings (20 iterations, lr 1e-4) "
+     "as a full replicate (`seed=` on the SFT and RM fixtures too, which its docstring's seeds were not): seed 1 "
+     "sampled gold 0.330 against SFT 0.377 (-0.047: fails the +0.02 bar; greedy +0.34), seed 2 +0.134 (greedy "
+     "+0.51): that proof's margin does not hold over full replicates."),
 ]
 
 RUNNERS = {
