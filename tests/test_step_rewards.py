@@ -76,6 +76,10 @@ def test_step_token_positions_map_offsets_to_the_token_that_closes_them():
     ids = list(tok(text, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id]
     # byte tokens: offset 5 is closed by token 4 ('7'), offset 12 by token 11; the end -> the EOS (12)
     assert step_token_positions(tok, ids, [5, 12, 99]) == [4, 12, 12]
+    # the bisection finds, for every offset, the first token whose decoded prefix reaches it
+    prefix = [len(tok.decode(ids[: k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+    scan = [next(k for k, n in enumerate(prefix) if n >= o) if o < prefix[-1] else len(ids) - 1 for o in range(14)]
+    assert step_token_positions(tok, ids, list(range(14))) == scan
     rewards, ends = dense_step_rewards([[(4, 1.0), (12, 0.5)], [(2, -1.0), (2, 2.0)]], (2, 13), torch.device("cpu"))
     assert rewards[0, 4] == 1.0 and rewards[0, 12] == 0.5 and rewards[1, 2] == 1.0 and float(rewards.sum()) == 2.5
     assert ends.sum(-1).tolist() == [2, 1]

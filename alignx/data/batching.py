@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from alignx.data.mixture import SOURCE_COLUMN
 from alignx.losses.reward import ranking_pairs
 from alignx.ops.logprobs import IGNORE_INDEX
 
@@ -113,9 +114,9 @@ def source_names(*item_lists: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     """The sources the items came from (their ``source``, a dataset mixture's row column), sorted;
     () unless every item carries one (an objective's ``prepare_items`` may build items without it)."""
     items = [it for items in item_lists for it in items]
-    if not items or not all("source" in it for it in items):
+    if not items or not all(SOURCE_COLUMN in it for it in items):
         return ()
-    return tuple(sorted({str(it["source"]) for it in items}))
+    return tuple(sorted({str(it[SOURCE_COLUMN]) for it in items}))
 
 
 def collate_with_sources(
@@ -127,7 +128,7 @@ def collate_with_sources(
     of an objective's per-row loss (:class:`alignx.objectives.base.RowLoss`) is item ``i``.
     """
     batch = collate(items)
-    batch[SOURCE_INDEX] = torch.tensor([index[str(it["source"])] for it in items], dtype=torch.long)
+    batch[SOURCE_INDEX] = torch.tensor([index[str(it[SOURCE_COLUMN])] for it in items], dtype=torch.long)
     return batch
 
 

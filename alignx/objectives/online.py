@@ -666,16 +666,34 @@ def step_token_positions(tokenizer: Any, ids: list[int], offsets: list[int]) -> 
     """The index in ``ids`` (one response's valid tokens, EOS included) of the token that closes
     each character ``offset`` of its decoded text: the first token whose decoded prefix is at least
     ``offset`` characters long. An offset at or past the end of the text is the last token (the EOS
-    when there is one: where an outcome reward goes, as PPO's score)."""
+    when there is one: where an outcome reward goes, as PPO's score).
+
+    Prefix lengths grow with the prefix, so each offset is found by bisection: O(log n) decodes per
+    step rather than one decode per token (quadratic in the response length, on the rollout path).
+    """
     if not ids:
         raise ValueError("a response with no token has no position for a step reward")
-    lengths = [len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+    memo: dict[int, int] = {}
+
+    def length(k: int) -> int:  # characters of the decoded prefix ids[: k + 1]
+        if k not in memo:
+            memo[k] = len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True))
+        return memo[k]
+
+    last = len(ids) - 1
     out = []
     for offset in offsets:
-        if offset >= lengths[-1]:
-            out.append(len(ids) - 1)
-        else:
-            out.append(next(k for k, n in enumerate(lengths) if n >= offset))
+        if offset >= length(last):
+            out.append(last)
+            continue
+        lo, hi = 0, last  # length(hi) >= offset
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if length(mid) >= offset:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
     return out
 
 
