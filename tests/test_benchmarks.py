@@ -175,10 +175,13 @@ def test_alignx_eval_runs_benchmarks_and_a_judge(saved, tmp_path):
     """The console script on a saved tiny model: each benchmark's accuracy equals scoring the saved
     model here, the judge's three rates are reported, and all of it is logged to MLflow."""
     policy, judge = saved
+    scratch = tmp_path / "tmp"  # the process's temporary directory: eval cleans up what it puts there
+    scratch.mkdir()
     result = run_cli(["eval", str(policy), "dataset=arithmetic", "eval.benchmarks=[arithmetic_choice,arithmetic_exact]",
                       "eval.benchmark_limit=12", f"eval.judge={judge}", "eval.num_prompts=6", "eval.max_new_tokens=4",
-                      f"outputs_root={tmp_path}"], cwd=tmp_path)
+                      f"outputs_root={tmp_path}"], cwd=tmp_path, env={"TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr[-2000:]
+    assert not any(p.name.startswith("alignx-eval-") for p in scratch.iterdir()), "alignx eval left its scratch dir behind"
     shown = {k: float(v) for k, v in re.findall(r"│ (eval/\S+)\s+│\s+(-?[\d.]+|nan) │", result.stdout)}
     model, tok = build_hf({"name_or_path": str(policy), "dtype": None})
     for name, bench in (("arithmetic_choice", arithmetic_choice()), ("arithmetic_exact", arithmetic_exact())):

@@ -40,10 +40,17 @@ def evaluate_model(
     with that job's ``objective`` node: :func:`saved_objective`). Returns (metrics, samples, MLflow
     run id); the run is tagged ``alignx.eval=true``.
     """
+    # models and configs fetched from a tracking server live only as long as the evaluation
+    with tempfile.TemporaryDirectory(prefix="alignx-eval-") as downloads:
+        return _evaluate_model(model_ref, overrides, Path(downloads), reference=reference, track=track)
+
+
+def _evaluate_model(
+    model_ref: str, overrides: Sequence[str], downloads: Path, *, reference: str | None, track: bool,
+) -> tuple[dict[str, float], list[dict], str | None]:
     cfg = compose(["model=hf", *overrides])
     outputs_root = resolve_outputs_root(cfg)
     uri = tracking_uri(cfg, outputs_root) or f"sqlite:///{outputs_root / 'mlflow.db'}"
-    downloads = Path(tempfile.mkdtemp(prefix="alignx-eval-"))
     cfg.model.name_or_path = resolve_model_reference(model_ref, uri, downloads / "model")
     validate(cfg)
     registry = load_plugins()
