@@ -43,7 +43,7 @@ PREFERENCE_LOSSES = {
 MODELS = {"llama": "alignx.models.loading:build_llama", "hf": "alignx.models.loading:build_hf"}
 # DoRA is LoRA with use_dora=true in its config
 ADAPTERS = {"none": "alignx.models.adapters:no_adapter", "lora": "alignx.models.adapters:lora",
-            "dora": "alignx.models.adapters:lora"}
+            "dora": "alignx.models.adapters:lora", "probe": "alignx.models.adapters:probe"}
 #: rewards beyond each task's gold reward: a trained reward model (reward=rm reward.path=...) and a length penalty
 REWARDS = {"rm": "alignx.rewards.model:rm_reward", "length_penalty": "alignx.rewards.length:length_penalty",
            "ensemble": "alignx.rewards.ensemble:ensemble_reward",

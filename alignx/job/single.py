@@ -29,6 +29,7 @@ from alignx.job.build import build_objective, build_policy, build_trainer, is_ra
 from alignx.job.outputs import data_metrics, record_config, save_outputs
 from alignx.job.result import Job
 from alignx.job.signals import StopOnSignal, deferred, interruptible
+from alignx.models.adapters import HEAD_ONLY_ADAPTERS
 from alignx.objectives.base import JobContext, Objective
 from alignx.objectives.sft import SFT
 from alignx.paths import hydra_overrides, resolve_paths
@@ -126,6 +127,9 @@ def plan_job(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     if str(cfg.data.curriculum) in MODEL_CURRICULA and not objective_cls.generates_text:
         raise ConfigError(f"data.curriculum={cfg.data.curriculum} orders rows by the starting model's token loss, and "
                           f"objective={cfg.objective.name} trains a scorer with no token loss: use data.curriculum=length or reward")
+    if str(cfg.adapter.name) in HEAD_ONLY_ADAPTERS and objective_cls.generates_text:
+        raise ConfigError(f"adapter={cfg.adapter.name} trains only a reward model's scalar head, and objective="
+                          f"{cfg.objective.name} trains a policy, which has none: use adapter=lora or adapter=none")
     check_judge(cfg.eval)  # before training, not when the end-of-job evaluation loads it
     check_prm_eval(cfg.eval)
     output_dir, outputs_root = resolve_paths(cfg)

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from alignx.errors import ConfigError
+from alignx.models.heads import head_name, is_reward_model
 
 #: peft's shorthand for every linear layer except the output head
 ALL_LINEAR = "all-linear"
@@ -16,6 +17,31 @@ ALL_LINEAR = "all-linear"
 def no_adapter(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:
     """Full fine-tuning: the model is returned unchanged."""
     return model
+
+
+def probe(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:
+    """A linear probe: only a reward model's new scalar head trains; the backbone is frozen.
+
+    The head reads features the backbone already has, so what it can fit is limited to what is
+    (linearly) in them: the weak-to-strong recipe's strong student on weak labels, a cheap reward
+    model on a pretrained LM. Raises :class:`ConfigError` for a model without a scalar head (a
+    policy: nothing would train).
+    """
+    if not is_reward_model(model):
+        raise ConfigError(
+            f"adapter=probe trains only a reward model's scalar head, and this {type(model).__name__} has none: "
+            "use it with a reward-model objective (objective=rm), or adapter=lora / adapter=none for a policy"
+        )
+    head = head_name(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.split(".", 1)[0] == head)
+    return model
+
+
+#: adapters that leave a whole model to save (no peft base to keep beside it)
+WHOLE_MODEL_ADAPTERS = ("none", "probe")
+#: adapters that train only a reward model's scalar head (a policy has none to train)
+HEAD_ONLY_ADAPTERS = ("probe",)
 
 
 def _adaptable_layers(model: torch.nn.Module) -> tuple[list[str], list[str]]:

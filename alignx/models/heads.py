@@ -57,7 +57,7 @@ def add_reward_head(model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
     return reward_model
 
 
-def _head_name(model: torch.nn.Module) -> str:
+def head_name(model: torch.nn.Module) -> str:
     """Name of the scalar head of a (possibly peft-wrapped) sequence classifier: its one non-backbone child."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = [n for n, _ in base.named_children() if n != base.base_model_prefix]
@@ -81,7 +81,7 @@ def token_values(
     packed batch's row boundaries, :mod:`alignx.models.packing`).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(base, _head_name(model))
+    head = getattr(base, head_name(model))
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
@@ -96,6 +96,6 @@ def zero_head(model: torch.nn.Module) -> torch.nn.Module:
     """Set the scalar head's weights to 0 (a value head that starts by predicting 0 everywhere)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.no_grad():
-        for p in getattr(base, _head_name(model)).parameters():
+        for p in getattr(base, head_name(model)).parameters():
             p.zero_()
     return model
