@@ -242,3 +242,32 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+# -- a ready-made embedded MLflow store, for tests whose subject is not the store's creation -------
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated MLflow sqlite store, created once per worker.
+
+    Creating a store runs MLflow's alembic migrations: about 2 s of CPU, most of what a few-step
+    job costs. Tests that only read what a job logged start from a copy (:func:`seed_store`); the
+    creation itself stays covered by the tests that start on a fresh ``outputs_root``
+    (test_concurrency races it, test_store_lock repeats that race).
+    """
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
+
+
+def seed_store(empty_store: Path, outputs_root: Path) -> Path:
+    """Copy the migrated ``empty_store`` to ``<outputs_root>/mlflow.db`` (where a job's embedded store
+    lives) and return that path; a real MLflow store, only its creation is skipped."""
+    import shutil
+
+    outputs_root.mkdir(parents=True, exist_ok=True)
+    db = outputs_root / "mlflow.db"
+    assert not db.exists(), f"{db} exists already"
+    shutil.copyfile(empty_store, db)
+    return db
