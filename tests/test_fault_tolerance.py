@@ -20,7 +20,7 @@ from alignx.checkpoint import CheckpointError, latest_checkpoint, load_checkpoin
 from alignx.config import compose
 from alignx.errors import AlignxError
 from alignx.train import train
-from conftest import ALIGNX_BIN, fast
+from conftest import ALIGNX_BIN, fast, seed_store
 
 SUPPORT = Path(__file__).parent / "support"
 
@@ -58,14 +58,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 # -- kill and resume -------------------------------------------------------------------------------
 @pytest.mark.parametrize("objective,how", [("sft", "same_dir"), ("dpo", "new_dir")])
-def test_sigkill_mid_run_then_resume_auto_ends_where_an_uninterrupted_run_ends(tmp_path: Path, objective: str, how: str):
+def test_sigkill_mid_run_then_resume_auto_ends_where_an_uninterrupted_run_ends(tmp_path: Path, objective: str, how: str,
+                                                                              empty_store: Path):
     """10 steps, checkpoints every 4; the first attempt is SIGKILLed after step 6, so steps 5-6
     are logged, then redone. ``same_dir``: the relaunch has the same run dir (a requeued job);
     ``new_dir``: it gets a new one, as a plain re-run of the command does, and finds the
     interrupted run through MLflow."""
     common = fast(f"objective={objective}", "trainer.max_steps=10", "checkpoint.every_n_steps=4",
                   "data.batch_size=8", "eval.num_prompts=4")
-    # the reference: the same job, never interrupted (in-process)
+    # the reference: the same job, never interrupted (in-process); both stores start migrated
+    seed_store(empty_store, tmp_path / "ref_store")
+    seed_store(empty_store, tmp_path)
     reference = train(compose([*common, f"output_dir={tmp_path / 'reference'}", f"outputs_root={tmp_path / 'ref_store'}"]))
 
     marker = tmp_path / "paused"
@@ -114,7 +117,8 @@ def test_sigkill_mid_run_then_resume_auto_ends_where_an_uninterrupted_run_ends(t
     assert all(torch.equal(final[k], ref_final[k]) for k in final)
 
 
-def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path: Path):
+def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path: Path, empty_store: Path):
+    seed_store(empty_store, tmp_path)
     job = train(compose(fast("trainer.max_steps=2", "resume=auto", "eval.enabled=false", "save.model=false",
                              f"output_dir={tmp_path / 'out'}", f"outputs_root={tmp_path}")))
     run = MlflowClient(job.tracking_uri).get_run(job.run_id)
@@ -122,7 +126,8 @@ def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path: Path):
     assert "resume" not in run.data.params
 
 
-def test_resuming_a_finished_run_starts_a_new_run_that_records_its_origin(tmp_path: Path):
+def test_resuming_a_finished_run_starts_a_new_run_that_records_its_origin(tmp_path: Path, empty_store: Path):
+    seed_store(empty_store, tmp_path)
     common = fast("trainer.max_steps=2", "checkpoint.every_n_steps=2", "eval.enabled=false", "save.model=false",
                   f"outputs_root={tmp_path}")
     done = train(compose([*common, f"output_dir={tmp_path / 'a'}"]))
@@ -192,7 +197,8 @@ def test_checkpoint_format_round_trips_what_lightning_and_optimizers_store(tmp_p
 
 
 # -- determinism -----------------------------------------------------------------------------------
-def test_same_seed_and_config_give_identical_metrics_and_a_new_seed_does_not(tmp_path: Path):
+def test_same_seed_and_config_give_identical_metrics_and_a_new_seed_does_not(tmp_path: Path, empty_store: Path):
+    seed_store(empty_store, tmp_path)
     common = fast("trainer.max_steps=4", "save.model=false", f"outputs_root={tmp_path}", "eval.num_prompts=4")
     a = train(compose([*common, f"output_dir={tmp_path / 'a'}"]))
     b = train(compose([*common, f"output_dir={tmp_path / 'b'}"]))
