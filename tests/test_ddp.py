@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from alignx.config import compose
 from alignx.train import train
-from conftest import fast, run_cli
+from conftest import fast, run_cli, seed_store
 
 #: float32 sums in a different order (two half-batch gradients all-reduced vs one whole-batch
 #: gradient) differ in the last bits: measured 9e-8 (SFT) and 2e-7 (DPO) over 8 AdamW steps.
@@ -21,9 +21,13 @@ RTOL = 1e-5
 
 
 @pytest.mark.parametrize("objective", ["sft", "dpo"])
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, objective: str):
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, objective: str,
+                                                                       empty_store: Path):
     common = fast(f"objective={objective}", "trainer.max_steps=8", "eval.num_prompts=4")
-    single = train(compose([*common, "data.batch_size=8", f"output_dir={tmp_path / 'single'}",
+    # both stores start migrated; the single-process run's evaluation is never read, the DDP job's runs
+    seed_store(empty_store, tmp_path / "single_store")
+    seed_store(empty_store, tmp_path)
+    single = train(compose([*common, "data.batch_size=8", "eval.enabled=false", f"output_dir={tmp_path / 'single'}",
                             f"outputs_root={tmp_path / 'single_store'}"]))
 
     proc = run_cli([*common, "trainer=ddp", "trainer.devices=2", "data.batch_size=4", "checkpoint.every_n_steps=4",
