@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast, run_cli
+from conftest import fast, run_cli, seed_store
+
+# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
+# runs happen once per session instead of once per xdist worker that draws one of its tests
+pytestmark = pytest.mark.xdist_group("compare")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 #: no inherited $ALIGNX_OUTPUTS: the default store must be ./outputs of the cwd
@@ -29,9 +33,10 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
+def sweep(tmp_path_factory, empty_store) -> Path:
     """A finished 2x2 sweep (adapter x optim.lr), evaluated at every step; returns the directory it was launched from."""
     tmp = tmp_path_factory.mktemp("compare")
+    seed_store(empty_store, tmp / "outputs")
     args = ["-m", *fast("optim.lr=1e-3,3e-3", "adapter=none,lora", "trainer.max_steps=3", "eval.every_n_steps=1")]
     proc = run_cli([*args, f"hydra.sweep.dir={tmp / 'sweep'}", f"outputs_root={tmp / 'outputs'}"], tmp, ENV)
     assert proc.returncode == 0, explain(proc)
@@ -56,6 +61,15 @@ def parent_id(client) -> str:
 def compared(sweep) -> subprocess.CompletedProcess:
     """Plain ``alignx compare`` (latest sweep, default store) from the sweep's launch directory."""
     return run_cli(["compare"], sweep, ENV)
+
+
+@pytest.fixture(scope="module")
+def by_dir(sweep, compared, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``alignx compare <sweep dir> --out <dir>`` from another directory, in a 100-column terminal
+    (after plain ``alignx compare`` wrote the sweep's own compare/); the process and its --out dir."""
+    elsewhere = tmp_path_factory.mktemp("compare_by_dir")
+    out = elsewhere / "by_dir"
+    return run_cli(["compare", str(sweep / "sweep"), "--out", str(out)], elsewhere, {**ENV, "COLUMNS": "100"}), out
 
 
 def test_compare_latest_sweep_writes_table_plots_and_artifacts(sweep, compared, client, parent_id):
@@ -85,7 +99,7 @@ def test_compare_latest_sweep_writes_table_plots_and_artifacts(sweep, compared, 
     assert logged >= {"compare/compare.csv", *(f"compare/{n}" for n in pngs)}
 
 
-def test_by_parent_id_and_by_sweep_dir_give_the_same_rows(sweep, compared, parent_id, tmp_path):
+def test_by_parent_id_and_by_sweep_dir_give_the_same_rows(sweep, compared, by_dir, parent_id, tmp_path):
     from alignx.compare import compare
 
     assert compared.returncode == 0, explain(compared)
@@ -95,12 +109,12 @@ def test_by_parent_id_and_by_sweep_dir_give_the_same_rows(sweep, compared, paren
     assert by_id.parent_run_id == parent_id
     assert by_id.params == ["adapter", "optim.lr"]
     # by directory, from elsewhere: the sweep dir's record names the store, no --tracking-uri
-    proc = run_cli(["compare", str(sweep / "sweep"), "--out", str(tmp_path / "by_dir")], tmp_path, ENV)
+    proc, out = by_dir
     assert proc.returncode == 0, explain(proc)
-    by_dir = read_csv(tmp_path / "by_dir" / "compare.csv")
-    assert by_dir == read_csv(by_id.paths[0])
-    assert {r["run_id"] for r in by_dir} == {r["run_id"] for r in by_id.rows}
-    assert read_csv(sweep / "sweep" / "compare" / "compare.csv") == by_dir
+    dir_rows = read_csv(out / "compare.csv")
+    assert dir_rows == read_csv(by_id.paths[0])
+    assert {r["run_id"] for r in dir_rows} == {r["run_id"] for r in by_id.rows}
+    assert read_csv(sweep / "sweep" / "compare" / "compare.csv") == dir_rows
 
 
 def test_loss_like_metric_ranks_by_min(sweep, compared, parent_id, tmp_path):
@@ -205,18 +219,19 @@ def test_eval_during_training_gives_curves_and_standard_errors(sweep, compared, 
     assert "±" in compared.stdout and "95% interval over prompts" in " ".join(compared.stdout.split())
 
 
-def test_table_fits_the_terminal(sweep, compared):
-    proc = run_cli(["compare"], sweep, {**ENV, "COLUMNS": "100"})
+def test_table_fits_the_terminal(by_dir):
+    proc, _ = by_dir  # run with COLUMNS=100
     assert proc.returncode == 0, explain(proc)
     table = proc.stdout.split("\nnote:")[0].split("\nbest:")[0]
     assert max(len(line) for line in table.splitlines()) <= 100
 
 
-def test_losses_of_different_objectives_get_a_panel_each(tmp_path):
+def test_losses_of_different_objectives_get_a_panel_each(tmp_path, empty_store):
     """DPO's and KTO's losses are different quantities: train/loss is drawn in one panel per
     objective (a figure twice as wide as one panel's)."""
     from alignx.compare import compare
 
+    seed_store(empty_store, tmp_path / "outputs")
     proc = run_cli(["-m", *fast("objective=dpo,kto", "trainer.max_steps=2", "save.model=false"),
                     f"hydra.sweep.dir={tmp_path / 'sweep'}", f"outputs_root={tmp_path / 'outputs'}"], tmp_path, ENV)
     assert proc.returncode == 0, explain(proc)
