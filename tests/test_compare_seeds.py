@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast, run_cli
+from conftest import fast, run_cli, seed_store
 
 from alignx.compare import (
     CI_SUFFIX,
@@ -27,6 +27,10 @@ from alignx.compare import (
     t_half_width,
     t_quantile_975,
 )
+
+# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
+# runs happen once per session instead of once per xdist worker that draws one of its tests
+pytestmark = pytest.mark.xdist_group("compare_seeds")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ENV = {"ALIGNX_OUTPUTS": None}
@@ -120,9 +124,10 @@ def test_summary_cells():
 
 
 @pytest.fixture(scope="module")
-def seed_sweep(tmp_path_factory) -> Path:
+def seed_sweep(tmp_path_factory, empty_store) -> Path:
     """A finished sweep: optim.lr=1e-3,3e-3 x seed=0,1 (2-step jobs); the directory it ran from."""
     tmp = tmp_path_factory.mktemp("compare_seeds")
+    seed_store(empty_store, tmp / "outputs")
     args = ["-m", *fast("optim.lr=1e-3,3e-3", "seed=0,1", "trainer.max_steps=2", "eval.num_prompts=4")]
     proc = run_cli([*args, f"hydra.sweep.dir={tmp / 'sweep'}", f"outputs_root={tmp / 'outputs'}"], tmp, ENV)
     assert proc.returncode == 0, explain(proc)
