@@ -9,7 +9,7 @@ import pytest
 from alignx.config import compose
 from alignx.errors import ConfigError
 from alignx.pipeline import run_pipeline
-from conftest import FAST, fast, run_cli
+from conftest import FAST, fast, run_cli, seed_store
 
 # two tiny stages: a few SFT steps, then DPO from the SFT stage's model
 STAGES = ('pipeline.stages=[{name: sft, overrides: ["objective=sft", "trainer.max_steps=4"]}, '
@@ -30,7 +30,8 @@ def _runs(job):
     return parent, {r.data.tags["alignx.stage"]: r for r in children}
 
 
-def test_a_pipeline_runs_its_stages_as_nested_runs_and_the_second_run_hits_the_cache(tmp_path):
+def test_a_pipeline_runs_its_stages_as_nested_runs_and_the_second_run_hits_the_cache(tmp_path, empty_store):
+    seed_store(empty_store, tmp_path)
     first = _pipeline(tmp_path, "a")
     parent, stages = _runs(first)
     assert parent.info.status == "FINISHED" and parent.data.tags["alignx.pipeline"] == "sft_dpo"
@@ -66,8 +67,13 @@ def test_a_pipeline_runs_its_stages_as_nested_runs_and_the_second_run_hits_the_c
     assert forced.metrics["pipeline/cache_hits"] == 0
 
 
-def test_a_stage_can_start_from_a_previous_runs_model_by_mlflow_uri(tmp_path):
-    first = _pipeline(tmp_path, "a", "pipeline.cache=false")
+def test_a_stage_can_start_from_a_previous_runs_model_by_mlflow_uri(tmp_path, empty_store):
+    seed_store(empty_store, tmp_path)
+    # a one-stage pipeline is enough to leave an SFT run with a logged model; its evaluation is not read
+    sft_only = 'pipeline.stages=[{name: sft, overrides: ["objective=sft", "trainer.max_steps=4"]}]'
+    ov = fast("experiment=pipeline_sft_dpo", sft_only, f"output_dir={tmp_path / 'a'}", f"outputs_root={tmp_path}",
+              "pipeline.cache=false", "eval.enabled=false")
+    first = run_pipeline(compose(ov), ov)
     sft_run = first.stages["sft"].run_id
     stages = ('pipeline.stages=[{name: dpo, overrides: ["objective=dpo", "model=hf", '
               f'"model.name_or_path=runs:/{sft_run}/model", "trainer.max_steps=2"]}}]')
@@ -98,9 +104,10 @@ def test_bad_pipeline_config_is_named_before_any_stage_runs(tmp_path, stages, me
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_parallel_sweep_jobs_sharing_a_stage_train_it_once(tmp_path):
+def test_parallel_sweep_jobs_sharing_a_stage_train_it_once(tmp_path, empty_store):
     """Two jobs of a joblib sweep (2 processes) over the DPO beta: the SFT stage is trained by one
     of them; the other waits on the stage's lock and reuses it."""
+    seed_store(empty_store, tmp_path)
     result = run_cli(
         ["-m", "experiment=pipeline_sft_dpo", STAGES, "pipeline.beta=0.1,0.3", "hydra/launcher=joblib",
          "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"outputs_root={tmp_path}",
@@ -116,10 +123,12 @@ def test_parallel_sweep_jobs_sharing_a_stage_train_it_once(tmp_path):
     assert all(r.info.status == "FINISHED" for r in [*runs, *dpo])
 
 
-def test_rlaif_pairs_from_a_policy_feed_a_dpo_stage(sentiment_sft, tmp_path):
+def test_rlaif_pairs_from_a_policy_feed_a_dpo_stage(sentiment_sft, tmp_path, empty_store):
     """RLAIF from the session's SFT model (given by path: 4 samples per prompt, best vs worst by the
     gold reward, margin > 0.1) -> DPO on those pairs, starting from the same model."""
     import json
+
+    seed_store(empty_store, tmp_path)
 
     sft = sentiment_sft.model_dir
     stages = ('pipeline.stages=[{name: pairs, kind: rlaif, num_samples: 4, num_prompts: 24, min_margin: 0.1, '
@@ -148,8 +157,10 @@ def test_rlaif_pairs_from_a_policy_feed_a_dpo_stage(sentiment_sft, tmp_path):
     assert dpo.info.status == "FINISHED"
 
 
-def test_raft_keeps_the_best_sample_per_prompt_and_fine_tunes_on_it(sentiment_sft, tmp_path):
+def test_raft_keeps_the_best_sample_per_prompt_and_fine_tunes_on_it(sentiment_sft, tmp_path, empty_store):
     import json
+
+    seed_store(empty_store, tmp_path)
 
     sft = sentiment_sft.model_dir
     stages = ('pipeline.stages=[{name: samples, kind: raft, num_samples: 4, num_prompts: 16, '
