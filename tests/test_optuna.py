@@ -15,7 +15,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from alignx.config import compose, validate
-from conftest import fast, run_cli, start_background_fixtures, sweep_runs
+from conftest import fast, run_cli, seed_store, start_background_fixtures, sweep_runs
+
+# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
+# runs happen once per session instead of once per xdist worker that draws one of its tests
+pytestmark = pytest.mark.xdist_group("optuna")
 
 
 def explain(proc: subprocess.CompletedProcess) -> str:
@@ -26,10 +30,12 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def bg_search(pool, tmp_path_factory) -> tuple[Future, Path]:
+def bg_search(pool, tmp_path_factory, empty_store) -> tuple[Future, Path]:
     """The lr_rank preset, 3 trials, no -m (the preset sets hydra.mode=MULTIRUN)."""
     tmp = tmp_path_factory.mktemp("optuna")
-    args = ["hparams_search=lr_rank", "hydra.sweeper.n_trials=3", *fast(),
+    seed_store(empty_store, tmp)
+    # what is asserted: val/loss (the optimized metric), the trials' params and adapters; no eval/* metric
+    args = ["hparams_search=lr_rank", "hydra.sweeper.n_trials=3", *fast("eval.enabled=false"),
             f"hydra.sweep.dir={tmp / 'sweep'}", f"outputs_root={tmp}"]
     return pool.submit(run_cli, args, tmp), tmp
 
@@ -43,8 +49,9 @@ def bg_missing_metric_run(pool, tmp_path_factory) -> tuple[Future, Path]:
 
 
 @pytest.fixture(scope="module")
-def bg_missing_metric_search(pool, tmp_path_factory) -> tuple[Future, Path]:
+def bg_missing_metric_search(pool, tmp_path_factory, empty_store) -> tuple[Future, Path]:
     tmp = tmp_path_factory.mktemp("missing_search")
+    seed_store(empty_store, tmp)
     args = ["hparams_search=lr_rank", "hydra.sweeper.n_trials=2", "optimized_metric=eval/nope",
             *fast("trainer.max_steps=2", "eval.enabled=false", "save.model=false"),
             f"hydra.sweep.dir={tmp / 'sweep'}", f"outputs_root={tmp}"]
