@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ALIGNX_BIN, fast, run_cli
+from conftest import ALIGNX_BIN, fast, run_cli, seed_store
 
 
 def _free_port() -> int:
@@ -21,10 +21,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(tmp: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def _start_server(tmp: Path, port: int | None = None, empty_store: Path | None = None) -> tuple[subprocess.Popen, str]:
     """An `mlflow server` on 127.0.0.1 storing under ``tmp`` (started again on the same ``port``, it
-    serves the same store)."""
+    serves the same store). With ``empty_store`` (conftest's), its database starts as a copy of
+    that migrated store instead of being created and migrated by the server."""
     port = port or _free_port()
+    if empty_store is not None and not (tmp / "server.db").exists():
+        seed_store(empty_store, tmp).rename(tmp / "server.db")
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
@@ -65,8 +68,8 @@ def _stop(proc: subprocess.Popen, *, crash: bool = False) -> None:
 
 
 @pytest.fixture
-def server(tmp_path):
-    proc, uri = _start_server(tmp_path)
+def server(tmp_path, empty_store):
+    proc, uri = _start_server(tmp_path, empty_store=empty_store)
     yield proc, uri
     if proc.poll() is None:
         _stop(proc)
