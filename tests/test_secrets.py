@@ -24,8 +24,12 @@ from alignx.secrets import (
 )
 from alignx.tracking import config_params, overrides_tag, redacted_config_yaml
 from alignx.tracking.connection import TrackingUnavailable, check_server
-from conftest import REPO, fast, run_cli
+from conftest import REPO, fast, run_cli, seed_store
 from test_tracking_server import _free_port, _start_server, _stop
+
+# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
+# runs happen once per session instead of once per xdist worker that draws one of its tests
+pytestmark = pytest.mark.xdist_group("secrets")
 
 SECRET_KEYS = [
     "tracking.password", "hf_token", "HF_TOKEN", "HFToken", "apiKey", "api_key", "apikey", "private_key",
@@ -155,8 +159,9 @@ def test_unreachable_server_message_has_no_password():
     assert "hunter2-pw" not in message and "alice" not in message
 
 
-def test_the_tracker_masks_whatever_a_caller_passes(tmp_path):
+def test_the_tracker_masks_whatever_a_caller_passes(tmp_path, empty_store):
     """The last gate before the store: unmasked tags, params, run name and YAML text from any caller."""
+    seed_store(empty_store, tmp_path)
     from alignx.tracking import MlflowTracker, default_tracking_uri
 
     uri = default_tracking_uri(tmp_path)
@@ -228,8 +233,9 @@ task()
 """
 
 
-def test_a_sweep_keeps_secrets_out_of_hydra_files_logs_and_its_parent_run(tmp_path):
+def test_a_sweep_keeps_secrets_out_of_hydra_files_logs_and_its_parent_run(tmp_path, empty_store):
     sweep, outs = tmp_path / "sweep", tmp_path / "outs"
+    seed_store(empty_store, outs)
     proc = subprocess.run(
         [sys.executable, "-c", SWEEP_APP, str(REPO / "conf"), "-m", "seed=1,2", "+tracking.password=hunter2-pw",
          "+tracking.mirror=http://alice:url-pw@127.0.0.1:1", f"hydra.sweep.dir={sweep}", f"outputs_root={outs}"],
@@ -278,10 +284,10 @@ JOB_SECRETS = ("hunter2-pw", "tok-abc123", "url-pw-9")
 
 
 @pytest.fixture(scope="module")
-def secret_job(tmp_path_factory):
+def secret_job(tmp_path_factory, empty_store):
     """One CLI job with secrets in three places, logging to a server through ``user:password@``."""
     tmp = tmp_path_factory.mktemp("secret_job")
-    server, uri = _start_server(tmp)
+    server, uri = _start_server(tmp, empty_store=empty_store)
     port = uri.rsplit(":", 1)[1]
     try:
         proc = run_cli(
