@@ -140,10 +140,11 @@ def _read(path):
 def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tmp_path):
     """experiment=weak_to_strong with FAST sizes: the job's model pretrained by 6 SFT steps, 48 gold pairs
     for the weak model, the other 48 labelled by it; the ceiling and the student (reward heads on the
-    pretrained model) train on the gold and the weak labels of those 48 rows; all five runs nested
+    pretrained model) train on the gold labels of those 48 rows and on the 24 weak labels the weak model is surest of; all five runs nested
     under the job's run, PGR on it."""
     ov = fast("experiment=weak_to_strong", "pipeline.weak_rows=48", "objective.aux_confidence_warmup=0.5",
-              "pipeline.pretrain_steps=6", f"output_dir={tmp_path / 'job'}", f"outputs_root={tmp_path}")
+              "pipeline.pretrain_steps=6", "pipeline.keep_confident=0.5", f"output_dir={tmp_path / 'job'}",
+              f"outputs_root={tmp_path}")
     job = run_pipeline(compose(ov), ov)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert job.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -194,13 +195,17 @@ def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tm
     assert runs["student"].data.params["dataset.path"] == str(stage_dir / "data.jsonl")
     assert runs["student"].data.params["dataset.test_path"] == str(stage_dir / "test.jsonl")
     assert runs["student"].data.params["objective.aux_confidence"] == "0.5"
+    # the student trains on the half of the weak labels the weak model is surest of, the ceiling on every gold row
+    assert runs["student"].data.params["data.filter"] == "reward" and runs["student"].data.params["reward.path"] == str(job.stages["weak"].model_dir)
+    kept = {s: job.stages[s].metrics["data/train/kept"] for s in ("student", "ceiling")}
+    assert kept["student"] == round(kept["ceiling"] / 2) and kept["ceiling"] >= 40  # the val split is carved out of the 48
     ramp = sorted((m.step, m.value) for m in client.get_metric_history(runs["student"].info.run_id, "train/aux_confidence"))
     assert [v for _, v in ramp] == pytest.approx([0.0, 0.5 / 3, 1.0 / 3, 0.5, 0.5, 0.5])
     assert "train/aux_confidence" not in runs["ceiling"].data.metrics
 
     # a second run reuses every stage, the label stage's sibling files included
     again = fast("experiment=weak_to_strong", "pipeline.weak_rows=48", "objective.aux_confidence_warmup=0.5",
-                 "pipeline.pretrain_steps=6", f"output_dir={tmp_path / 'again'}", f"outputs_root={tmp_path}")
+                 "pipeline.pretrain_steps=6", "pipeline.keep_confident=0.5", f"output_dir={tmp_path / 'again'}", f"outputs_root={tmp_path}")
     second = run_pipeline(compose(again), again)
     assert second.metrics["pipeline/cache_hits"] == 5
     assert second.metrics.get("eval/pgr") == job.metrics.get("eval/pgr")
