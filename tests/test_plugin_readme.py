@@ -17,7 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, fast, run_cli, sweep_runs
+from conftest import REPO, fast, run_cli, seed_store, sweep_runs
+
+# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
+# runs happen once per session instead of once per xdist worker that draws one of its tests
+pytestmark = pytest.mark.xdist_group("plugin_readme")
 
 FILE_BLOCK = re.compile(r"```[a-z]*\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.S)
 
@@ -95,7 +99,8 @@ def test_a_misspelt_objective_key_names_the_right_one(site: Path, tmp_path: Path
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_sweep_over_the_plugin_and_sft_compares_on_the_same_axes(site: Path, tmp_path: Path):
+def test_a_sweep_over_the_plugin_and_sft_compares_on_the_same_axes(site: Path, tmp_path: Path, empty_store: Path):
+    seed_store(empty_store, tmp_path)
     proc = run_cli(["-m", *fast("objective=listwise,sft", "dataset.ranked_k=3", "trainer.max_steps=4"),
                     f"hydra.sweep.dir={tmp_path / 'sweep'}", f"outputs_root={tmp_path}"], tmp_path, env(site))
     assert proc.returncode == 0, explain(proc)
