@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import pytest
 from mlflow import MlflowClient
 
-from conftest import fast, run_cli, sweep_runs
+from conftest import fast, run_cli, seed_store, sweep_runs
 
 
 def _sweep(tmp_path: Path, *args: str):
@@ -21,7 +21,8 @@ def _sweep(tmp_path: Path, *args: str):
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
+def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher, empty_store):
+    seed_store(empty_store, tmp_path)
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     proc = _sweep(tmp_path, "adapter=none,lora", "optim.lr=1e-3,3e-3", "trainer.max_steps=2", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,11 +83,13 @@ def test_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     assert f"compare:       alignx compare {(tmp_path / 'sweep').resolve()}" in out
 
 
-def test_a_failing_job_fails_its_child_and_the_parent(tmp_path):
+def test_a_failing_job_fails_its_child_and_the_parent(tmp_path, empty_store):
+    seed_store(empty_store, tmp_path)
     # the second job fails mid-training (a strict early-stopping metric that is never logged):
     # a config error would be refused before its run exists
     proc = _sweep(tmp_path, "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
-                  "+callbacks.stop.check_on_train_epoch_end=true", "+callbacks.stop.monitor=train/loss,val/no_such_metric")
+                  "+callbacks.stop.check_on_train_epoch_end=true", "+callbacks.stop.monitor=train/loss,val/no_such_metric",
+                  "eval.enabled=false")  # statuses are asserted, no metric
     assert proc.returncode != 0
     parents, children = sweep_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
