@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from conftest import ALIGNX_BIN, fast
+from conftest import ALIGNX_BIN, fast, seed_store
 
 # long enough that the signal always arrives mid-training; a step takes milliseconds here
 LONG = fast("trainer.max_steps=100000", "eval.enabled=false")
@@ -55,7 +55,8 @@ def run_status(tmp_path: Path, run_id: str) -> str:
     return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status
 
 
-def test_sigterm_checkpoints_marks_run_killed_exits_143_and_resume_auto_continues(tmp_path: Path):
+def test_sigterm_checkpoints_marks_run_killed_exits_143_and_resume_auto_continues(tmp_path: Path, empty_store: Path):
+    seed_store(empty_store, tmp_path)
     proc = start(tmp_path, "checkpoint.every_n_steps=100000")
     run_id = wait_for_training(proc, tmp_path)
     code, err = stop(proc, signal.SIGTERM)
@@ -84,7 +85,8 @@ def test_sigterm_checkpoints_marks_run_killed_exits_143_and_resume_auto_continue
     assert max(m.step for m in history) >= step + 1
 
 
-def test_sigint_without_checkpointing_marks_run_killed_and_exits_130(tmp_path: Path):
+def test_sigint_without_checkpointing_marks_run_killed_and_exits_130(tmp_path: Path, empty_store: Path):
+    seed_store(empty_store, tmp_path)
     proc = start(tmp_path)
     run_id = wait_for_training(proc, tmp_path)
     code, err = stop(proc, signal.SIGINT)
