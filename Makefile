@@ -11,6 +11,8 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 # The suite runs on this many pytest-xdist workers, each with one intra-op thread: on 2 cores that
 # keeps both cores busy (the models in tests are too small for two threads to help one process)
+# --dist loadfile: a test file's tests share one worker, so its module-scoped fixtures (a trained model,
+# a sweep, CLI runs started early) run once, not once on each worker that draws one of its tests
 WORKERS ?= 2
 
 .PHONY: run test install clean
@@ -29,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/alignx experiment=pipeline_sft_dpo $(ARGS)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest tests plugins -n $(WORKERS) --durations=25 $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest tests plugins -n $(WORKERS) --dist loadfile --durations=25 $(ARGS)
 
 clean:
 	rm -rf outputs/runs outputs/sweeps outputs/mlflow.db outputs/mlartifacts outputs/cache

@@ -14,10 +14,6 @@ import pytest
 
 from conftest import fast, run_cli, seed_store
 
-# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
-# runs happen once per session instead of once per xdist worker that draws one of its tests
-pytestmark = pytest.mark.xdist_group("compare")
-
 PNG = b"\x89PNG\r\n\x1a\n"
 #: no inherited $ALIGNX_OUTPUTS: the default store must be ./outputs of the cwd
 ENV = {"ALIGNX_OUTPUTS": None}

@@ -28,10 +28,6 @@ from alignx.compare import (
     t_quantile_975,
 )
 
-# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
-# runs happen once per session instead of once per xdist worker that draws one of its tests
-pytestmark = pytest.mark.xdist_group("compare_seeds")
-
 PNG = b"\x89PNG\r\n\x1a\n"
 ENV = {"ALIGNX_OUTPUTS": None}
 METRIC = "eval/gold_reward_sampled"

@@ -17,10 +17,6 @@ from omegaconf import OmegaConf
 from alignx.config import compose, validate
 from conftest import fast, run_cli, seed_store, start_background_fixtures, sweep_runs
 
-# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
-# runs happen once per session instead of once per xdist worker that draws one of its tests
-pytestmark = pytest.mark.xdist_group("optuna")
-
 
 def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"

@@ -19,10 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import REPO, fast, run_cli, seed_store, sweep_runs
 
-# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
-# runs happen once per session instead of once per xdist worker that draws one of its tests
-pytestmark = pytest.mark.xdist_group("plugin_readme")
-
 FILE_BLOCK = re.compile(r"```[a-z]*\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.S)
 
 

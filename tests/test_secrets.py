@@ -27,10 +27,6 @@ from alignx.tracking.connection import TrackingUnavailable, check_server
 from conftest import REPO, fast, run_cli, seed_store
 from test_tracking_server import _free_port, _start_server, _stop
 
-# one worker runs all of this module's tests under `pytest --dist loadgroup`, so its module-scoped
-# runs happen once per session instead of once per xdist worker that draws one of its tests
-pytestmark = pytest.mark.xdist_group("secrets")
-
 SECRET_KEYS = [
     "tracking.password", "hf_token", "HF_TOKEN", "HFToken", "apiKey", "api_key", "apikey", "private_key",
     "hf_key", "KEY", "aws_secret_access_key", "headers.Authorization", "credentials", "db-passwd",
