@@ -143,7 +143,7 @@ def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tm
     pretrained model) train on the gold labels of those 48 rows and on the 24 weak labels the weak model is surest of; all five runs nested
     under the job's run, PGR on it."""
     ov = fast("experiment=weak_to_strong", "pipeline.weak_rows=48", "objective.aux_confidence_warmup=0.5",
-              "pipeline.pretrain_steps=6", "pipeline.keep_confident=0.5", f"output_dir={tmp_path / 'job'}",
+              "pipeline.pretrain_steps=6", "pipeline.keep_confident=0.5", "pipeline.alpha=0.5", f"output_dir={tmp_path / 'job'}",
               f"outputs_root={tmp_path}")
     job = run_pipeline(compose(ov), ov)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -205,7 +205,7 @@ def test_the_weak_to_strong_preset_runs_its_stages_and_logs_pgr_on_the_parent(tm
 
     # a second run reuses every stage, the label stage's sibling files included
     again = fast("experiment=weak_to_strong", "pipeline.weak_rows=48", "objective.aux_confidence_warmup=0.5",
-                 "pipeline.pretrain_steps=6", "pipeline.keep_confident=0.5", f"output_dir={tmp_path / 'again'}", f"outputs_root={tmp_path}")
+                 "pipeline.pretrain_steps=6", "pipeline.keep_confident=0.5", "pipeline.alpha=0.5", f"output_dir={tmp_path / 'again'}", f"outputs_root={tmp_path}")
     second = run_pipeline(compose(again), again)
     assert second.metrics["pipeline/cache_hits"] == 5
     assert second.metrics.get("eval/pgr") == job.metrics.get("eval/pgr")
