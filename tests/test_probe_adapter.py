@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from alignx.config import compose
+from alignx.config import compose, validate
 from alignx.errors import ConfigError
 from alignx.models.adapters import probe
 from alignx.models.heads import add_reward_head
@@ -58,3 +58,8 @@ def test_probe_on_a_policy_objective_fails_before_any_work(tmp_path: Path):
                                           r"objective=sft trains a policy"):
         train(compose(fast("adapter=probe", f"output_dir={tmp_path / 'run'}", f"outputs_root={tmp_path}")))
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_probe_takes_no_options():
+    with pytest.raises(ConfigError, match=r"^unknown key 'adapter.r'. Valid keys under 'adapter': name"):
+        validate(compose(["objective=rm", "adapter=probe", "+adapter.r=2"]))

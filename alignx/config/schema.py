@@ -211,6 +211,13 @@ class LoraSchema:
 
 
 @dataclass
+class ProbeSchema:
+    """``adapter=probe``: no options (only the scalar head trains)."""
+
+    name: str = spec()
+
+
+@dataclass
 class ModelSchema:
     """``model`` keys of every kind (llama, hf, a plugin's), checked besides the kind's own schema."""
 
@@ -262,7 +269,7 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "scheduler": (SchedulerSchema, False),
 }
 #: adapter name -> its schema (adapters from plugins are checked by the plugin)
-ADAPTER_SCHEMAS: dict[str, type] = {"lora": LoraSchema, "dora": LoraSchema}
+ADAPTER_SCHEMAS: dict[str, type] = {"lora": LoraSchema, "dora": LoraSchema, "probe": ProbeSchema}
 #: model kind -> its schema; open, since a secret or plugin key may ride along (models from plugins: the plugin)
 MODEL_SCHEMAS: dict[str, type] = {"llama": LlamaSchema, "hf": HfModelSchema}
 #: what a mandatory (``???``) value of alignx's own options must be
