@@ -37,6 +37,7 @@ import pytest
 import torch
 
 from alignx.config import compose
+from alignx.evaluation.metrics import pair_accuracy
 from alignx.models.heads import add_reward_head
 from alignx.models.loading import build_hf
 from alignx.pipeline import run_pipeline
@@ -65,17 +66,12 @@ def _read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def start_accuracy(model_dir, rows: list[dict], out_dir, seed: int) -> float:
-    """Held-out pair accuracy of the student's starting point: a fresh reward head (``torch.manual_seed(seed)``)
-    on the strong start, before any training; a tie counts half."""
+def start_accuracy(model_dir, rows: list[dict], seed: int) -> float:
+    """Held-out pair accuracy of the student's starting point, measured as the job's eval/rm_accuracy is:
+    a fresh reward head (``torch.manual_seed(seed)``) on the strong start, before any training."""
     model, tok = build_hf({"name_or_path": str(model_dir)})
     torch.manual_seed(seed)
-    add_reward_head(model, tok).save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    score = RewardModelScorer(out_dir, device="cpu")
-    prompts = [r["prompt"] for r in rows]
-    chosen, rejected = score(prompts, [r["chosen"] for r in rows]), score(prompts, [r["rejected"] for r in rows])
-    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(rows)
+    return pair_accuracy(RewardModelScorer.from_model(add_reward_head(model, tok).eval(), tok), rows)
 
 
 @pytest.mark.slow
@@ -108,7 +104,7 @@ def test_a_pretrained_strong_student_on_its_supervisors_surest_labels_does_not_f
     # all three on the same 512 held-out pairs: the weak stage's test split is the file the strong ones read
     test = _read(job.stages["labels"].output_dir / "test.jsonl")
     assert test == BUILTIN_TASKS["sentiment"]().rows("pairs", "test", 512, seed=0)
-    start = start_accuracy(sentiment_sft.model_dir, test, tmp_path / "start", seed=0)
+    start = start_accuracy(sentiment_sft.model_dir, test, seed=0)
     print(f"the student's start (a fresh head on the strong start) {start:.4f}")
     assert student - start > 0.1  # it learned from the weak labels what a fresh head on the strong start does not know
     assert student > 0.70  # (chance is 0.5)

@@ -18,7 +18,7 @@ from alignx.checkpoint import checkpoint_io, model_checkpoint
 from alignx.errors import ConfigError
 from alignx.evaluation.periodic import periodic_evaluation
 from alignx.job.console import ShortRunValidation, StepProgressBar
-from alignx.models.adapters import WHOLE_MODEL_ADAPTERS
+from alignx.models.adapters import HEAD_ONLY_ADAPTERS
 from alignx.models.compute import enable_gradient_checkpointing
 from alignx.models.loading import save_pretrained_atomic
 from alignx.objectives.base import Objective
@@ -53,7 +53,7 @@ def build_policy(
     adapter_name = str(cfg.adapter.name)
     base_dir = None
     if adapter_name != "none":
-        if adapter_name not in WHOLE_MODEL_ADAPTERS and cfg.save.model and str(cfg.model.kind) != "hf" and is_rank_zero():
+        if adapter_name not in HEAD_ONLY_ADAPTERS and cfg.save.model and str(cfg.model.kind) != "hf" and is_rank_zero():
             base_dir = save_pretrained_atomic(output_dir / "base", model, tokenizer)
         try:
             model = registry.get("adapter", adapter_name)(model, cfg.adapter)

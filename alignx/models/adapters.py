@@ -38,9 +38,8 @@ def probe(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:
     return model
 
 
-#: adapters that leave a whole model to save (no peft base to keep beside it)
-WHOLE_MODEL_ADAPTERS = ("none", "probe")
-#: adapters that train only a reward model's scalar head (a policy has none to train)
+#: adapters that train only a reward model's scalar head (a policy has none to train); the model they
+#: leave is a whole plain model, with no peft base to save beside it
 HEAD_ONLY_ADAPTERS = ("probe",)
 
 
